@@ -1,0 +1,124 @@
+"""Goodput tables and figures, from run records only (no engine is imported here)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from neustream.record import BATCHES, SUMMARY, read_jsonl, read_summary
+
+COLUMNS = [
+    "workload", "system", "backend", "device", "sweep", "rate", "cv", "slo", "seed",
+    "n_requests", "n_ok", "n_late", "n_dropped", "attainment", "goodput_rps",
+    "offered_rps", "capacity_rps", "bound_rps",
+]
+SWEEPS = ("rate", "cv", "slo")
+LABELS = {"rate": "request rate (req/s)", "cv": "burstiness (CV of gaps)", "slo": "SLO scale"}
+STYLE = {  # system -> (colour, marker)
+    "neustream": ("tab:red", "o"), "neustream-slack": ("tab:purple", "D"),
+    "clockwork": ("tab:blue", "s"), "vllm": ("tab:blue", "s"),
+}
+
+
+def aggregate(summary_paths: list[str | Path], out_csv: str | Path) -> pd.DataFrame:
+    """One row per (run, sweep it belongs to); a run at the default point is in
+    every sweep. ``bound_rps`` = min(offered rate, device capacity)."""
+    if not summary_paths:
+        raise ValueError("aggregate: no summary.json files given")
+    rows = []
+    for path in summary_paths:
+        s = read_summary(path)
+        n = s["n_ok"] + s["n_late"] + s["n_dropped"]
+        if n != s["n_requests"]:
+            raise ValueError(f"{path}: n_ok + n_late + n_dropped = {n} != n_requests {s['n_requests']}")
+        for sweep in s.get("sweeps") or [""]:
+            rows.append({**s, "sweep": sweep})
+    df = pd.DataFrame(rows)
+    df["bound_rps"] = df[["offered_rps", "capacity_rps"]].min(axis=1)
+    extra = [c for c in ("tokens_on_time", "token_goodput_tps") if c in df]
+    df = df[COLUMNS + extra].sort_values(
+        ["workload", "sweep", "system", "rate", "cv", "slo", "seed"], ignore_index=True)
+    out = Path(out_csv)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    df.to_csv(tmp, index=False)
+    os.replace(tmp, out)
+    return df
+
+
+def _fixed_point(df: pd.DataFrame, sweep: str) -> str:
+    others = [p for p in SWEEPS if p != sweep]
+    return ", ".join(f"{p}={df[p].iloc[0]:g}" for p in others)
+
+
+def plot_sweep(table_csv: str | Path, workload: str, sweep: str, out_png: str | Path) -> None:
+    """Goodput against ``sweep`` for each system, with the device's capacity bound."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    df = pd.read_csv(table_csv)
+    df = df[(df.workload == workload) & (df.sweep == sweep)]
+    if df.empty:
+        raise ValueError(f"no rows for workload {workload!r} and sweep {sweep!r} in {table_csv}")
+    mean = df.groupby(["system", sweep], as_index=False)[["goodput_rps", "bound_rps", "attainment"]].mean()
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
+    bound = mean.groupby(sweep)["bound_rps"].max()
+    ax.plot(bound.index, bound.values, "k--", lw=1, label="bound: min(offered, capacity)")
+    for system, g in mean.groupby("system"):
+        colour, marker = STYLE.get(system, (None, "x"))
+        ax.plot(g[sweep], g["goodput_rps"], marker=marker, color=colour, label=system)
+        ax2.plot(g[sweep], 100 * g["attainment"], marker=marker, color=colour, label=system)
+    ax.set_xlabel(LABELS[sweep])
+    ax.set_ylabel("goodput (req/s within SLO)")
+    ax.set_ylim(bottom=0)
+    ax2.set_xlabel(LABELS[sweep])
+    ax2.set_ylabel("SLO attainment (%)")
+    ax2.set_ylim(0, 105)
+    ax.legend(fontsize=7)
+    devices = ", ".join(sorted(df.device.unique()))
+    backends = ", ".join(sorted(df.backend.unique()))
+    fig.suptitle(f"{workload}: {sweep} sweep ({_fixed_point(df, sweep)}; {backends}, {devices} tables)",
+                 fontsize=9)
+    fig.tight_layout()
+    _save(fig, out_png)
+
+
+def plot_batches(run_dirs: list[str | Path], out_png: str | Path, title: str = "") -> None:
+    """Batch size over time, one panel per run, one line per module."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(run_dirs), 1, figsize=(9, 2.4 * len(run_dirs)),
+                             sharex=True, squeeze=False)
+    for ax, run in zip(axes[:, 0], run_dirs):
+        s = read_summary(Path(run) / SUMMARY)
+        b = pd.DataFrame(read_jsonl(Path(run) / BATCHES))
+        if not b.empty:
+            for module, g in b.groupby("module", sort=False):
+                ax.step(g.start_s, g["size"], where="post", lw=0.7, label=module)
+        ax.set_ylabel("batch size")
+        ax.set_title(f"{s['system']}: {s['n_ok']}/{s['n_requests']} on time "
+                     f"(rate={s['rate']:g}, cv={s['cv']:g}, slo={s['slo']:g})", fontsize=8)
+        ax.legend(fontsize=7, loc="upper right")
+    axes[-1, 0].set_xlabel("time since trace start (s)")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    _save(fig, out_png)
+
+
+def _save(fig, out_png: str | Path) -> None:
+    import matplotlib.pyplot as plt
+
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, out)

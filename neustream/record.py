@@ -1,0 +1,91 @@
+"""The serving record: one run directory, the same for every engine.
+
+``requests.jsonl`` has one line per trace request, ``batches.jsonl`` one line per
+executed batch, ``summary.json`` the settings and counts. Every file is written
+to a temporary name and renamed; ``summary.json`` comes last, so a run without a
+summary did not finish and is never taken for a result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
+
+if TYPE_CHECKING:
+    from neustream.engine.base import Run
+
+REQUESTS, BATCHES, SUMMARY = "requests.jsonl", "batches.jsonl", "summary.json"
+FAILED_SUFFIX = ".failed"  # a crashed live run keeps its partial records under this name
+
+
+def request_row(r) -> dict:
+    row = {
+        "id": r.id,
+        "arrival_s": r.arrival_s,
+        "deadline_s": r.deadline_s,
+        "finish_s": r.finish_s,
+        "status": r.status.name.lower(),
+        "steps": r.steps,
+        **r.fields,
+        "modules": r.module_s,
+    }
+    if r.dropped_at is not None:
+        row["dropped_at"] = r.dropped_at
+        row["dropped_s"] = r.dropped_s
+    return row
+
+
+def summarize(requests: list[dict], settings: dict) -> dict:
+    """Counts and goodput of one run from its request rows."""
+    n = len(requests)
+    counts = {s: sum(1 for r in requests if r["status"] == s) for s in ("ok", "late", "dropped")}
+    if sum(counts.values()) != n:
+        bad = {r["status"] for r in requests} - set(counts)
+        raise ValueError(f"request rows with unknown status {sorted(bad)}")
+    span_s = max(r["arrival_s"] for r in requests) if requests else 0.0
+    return {
+        **settings,
+        "n_requests": n,
+        "n_ok": counts["ok"],
+        "n_late": counts["late"],
+        "n_dropped": counts["dropped"],
+        "attainment": counts["ok"] / n if n else 0.0,
+        "span_s": span_s,
+        "offered_rps": n / span_s if span_s > 0 else 0.0,
+        # Requests finished within their SLO per second of trace.
+        "goodput_rps": counts["ok"] / span_s if span_s > 0 else 0.0,
+    }
+
+
+def _write_lines(path: Path, rows: Iterable[dict]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w") as f:
+        for row in rows:
+            f.write(json.dumps(row, separators=(",", ":")) + "\n")
+    os.replace(tmp, path)
+
+
+def write_run(out_dir: str | Path, run: Run, settings: dict) -> dict:
+    """Write the three files of a finished run; return the summary."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / SUMMARY).unlink(missing_ok=True)
+    rows = [request_row(r) for r in run.requests]
+    _write_lines(out / REQUESTS, rows)
+    _write_lines(out / BATCHES, run.batches)
+    summary = summarize(rows, settings)
+    tmp = out / (SUMMARY + ".tmp")
+    tmp.write_text(json.dumps(summary, indent=1) + "\n")
+    os.replace(tmp, out / SUMMARY)
+    return summary
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    with Path(path).open() as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def read_summary(path: str | Path) -> dict:
+    return json.loads(Path(path).read_text())
