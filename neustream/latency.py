@@ -64,12 +64,14 @@ class LatencyTable:
             raise TableError(f"latency table {path} does not exist")
         rows: dict[str, dict[int, float]] = {}
         with path.open(newline="") as f:
-            lines = (line for line in f if not line.startswith("#"))
-            reader = csv.DictReader(lines)
+            # Keep file line numbers for errors while skipping '#' comment lines.
+            numbered = [(n, line) for n, line in enumerate(f, start=1) if not line.startswith("#")]
+            reader = csv.DictReader(line for _, line in numbered)
             missing = [c for c in COLUMNS if c not in (reader.fieldnames or ())]
             if missing:
                 raise TableError(f"{path}: missing column(s) {', '.join(missing)}")
-            for n, row in enumerate(reader, start=2):
+            for row in reader:
+                n = numbered[reader.line_num - 1][0]
                 try:
                     b = int(row["batch_size"])
                     s = float(row["latency_s"])

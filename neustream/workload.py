@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import math
+import numbers
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,17 +32,24 @@ class TraceError(ValueError):
 
 
 def check_positive(name: str, value: float) -> float:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"{name} must be a number > 0, got {value!r}")
-    return float(value)
+    value = float(value)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a number > 0, got {value!r}")
+    return value
 
 
 def make_trace(program: Program, rate: float, cv: float, n: int, seed: int) -> list[dict]:
     """``n`` requests of ``program`` arriving at ``rate`` per second with burstiness ``cv``."""
-    check_positive("rate", rate)
-    check_positive("cv", cv)
+    rate = check_positive("rate", rate)
+    cv = check_positive("cv", cv)
     if n < 1:
         raise ValueError(f"requests must be >= 1, got {n}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    if not 1e-3 <= cv <= 1e3:
+        raise ValueError(f"cv must be between 0.001 and 1000, got {cv}")
     shape = 1.0 / cv**2
     unit_gaps = np.random.default_rng([seed, 1]).standard_gamma(shape, n) / shape
     arrivals = np.cumsum(unit_gaps / rate)
