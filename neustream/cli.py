@@ -74,15 +74,17 @@ def cmd_simulate(a: argparse.Namespace) -> None:
 
 
 def cmd_profile(a: argparse.Namespace) -> None:
-    import torch
+    import shlex
 
     from neustream.profiling import profile, write_table
 
     _workload(a.workload)
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[a.dtype]
-    df = profile(a.workload, size=a.size, device=a.device, dtype=dtype,
-                 repeats=a.repeats, warmup=a.warmup, max_batch=a.max_batch)
-    write_table(df, a.out, {"command": " ".join(sys.argv)})
+    df = profile(a.workload, size=a.size, device=a.device, dtype=a.dtype,
+                 repeats=a.repeats, warmup=a.warmup, rounds=a.rounds,
+                 batch_sizes=a.max_batch or None,
+                 modules=a.modules.split(",") if a.modules else None)
+    write_table(df, a.out, {"command": shlex.join(["neustream", *a.argv])})
+    print(df.to_string(index=False))
 
 
 def cmd_aggregate(a: argparse.Namespace) -> None:
@@ -142,9 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--size", choices=("full", "tiny"), default="full")
     q.add_argument("--device", default="cpu")
     q.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default="fp32")
-    q.add_argument("--repeats", type=int, default=10)
-    q.add_argument("--warmup", type=int, default=3)
-    q.add_argument("--max-batch", type=int, help="profile batch sizes up to this one")
+    q.add_argument("--repeats", type=int, default=10, help="timed calls per batch size")
+    q.add_argument("--warmup", type=int, default=3, help="untimed calls per batch size")
+    q.add_argument("--rounds", type=int, default=1, help="sweeps over the batch sizes, pooled")
+    q.add_argument("--max-batch", type=int, help="profile grid sizes up to this one (0: all)")
+    q.add_argument("--modules", help="comma-separated subset of the workload's modules")
     q.add_argument("--out", required=True)
 
     q = add("aggregate", cmd_aggregate, "collect run summaries into the goodput table")
@@ -166,7 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.argv = argv  # recorded by verbs that write provenance
     try:
         args.fn(args)
     except (ValueError, FileNotFoundError, KeyError) as e:

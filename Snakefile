@@ -1,0 +1,25 @@
+# NeuStream pipeline: traces -> serving runs -> goodput tables and figures.
+# `snakemake --cores all` runs config/config.yaml; see README.md.
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+report: "report/workflow.rst"
+
+
+include: "rules/common.smk"
+include: "rules/latency.smk"
+include: "rules/traces.smk"
+include: "rules/serve.smk"
+include: "rules/aggregate.smk"
+
+
+rule all:
+    input:
+        final_outputs(),
+    default_target: True

@@ -1,0 +1,262 @@
+"""Latency tables: measure seconds per call of every module of a workload by batch size.
+
+NOTE: the model of a latency table is "one call of a stream module at batch size b costs a
+fixed time": one denoising step for a ``loop`` module, one whole call otherwise, CFG included
+(a batch of b requests runs 2b samples). For each module we build the network once (random
+weights), then for each batch size make the inputs once, run ``warmup`` untimed calls and
+``repeats`` timed calls, and keep the median. With ``rounds`` > 1 that sweep over the batch
+sizes is run several times and the median is taken over all rounds' calls: slow drifts of the
+host or of the GPU clock (large where calls are launch-bound) then fall on every batch size
+alike instead of on a few neighbouring ones. On CUDA each call sits between two
+``torch.cuda.Event`` records and is synchronised, so host launch overhead counts as it does when
+serving; on CPU ``time.perf_counter`` brackets the call.
+
+``profile()`` returns the table; ``write_table()`` writes the CSV (``module,batch_size,latency_s``)
+with a sidecar JSON (``<name>.json``) saying how and where it was measured. ``neustream profile``
+calls both; ``python -m neustream.profiling`` is the same command for a bare GPU machine.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from neustream.programs import Module, get_program
+
+COLUMNS = ["module", "batch_size", "latency_s"]
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+PROVENANCE_KEYS = (
+    "workload",
+    "device",
+    "device_name",
+    "dtype",
+    "size",
+    "weights",
+    "method",
+    "versions",
+    "date_utc",
+    "host_cpu_count",
+)
+
+
+def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return DTYPES[dtype]
+    except KeyError:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}") from None
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return {v: k for k, v in DTYPES.items()}.get(dtype, str(dtype))
+
+
+def batch_sizes_for(module: Module, batch_sizes: int | Iterable[int] | None) -> list[int]:
+    """The batch sizes to measure: the module's grid, the grid up to an int, or a given list
+    (never above the module's ``max_batch``)."""
+    if batch_sizes is None:
+        return list(module.profile_batches)
+    if isinstance(batch_sizes, int):
+        return [b for b in module.profile_batches if b <= batch_sizes]
+    sizes = sorted({int(b) for b in batch_sizes})
+    if any(b < 1 for b in sizes):
+        raise ValueError(f"batch sizes must be >= 1, got {sizes}")
+    return [b for b in sizes if b <= module.max_batch]
+
+
+def time_calls(
+    fn: Callable[[], object], *, repeats: int, warmup: int, device: torch.device
+) -> list[float]:
+    """Seconds of each of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        for _ in range(repeats):
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1000.0)
+    else:
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    name = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return name or platform.machine()
+
+
+def _versions() -> dict[str, str]:
+    import diffusers
+    import transformers
+
+    v = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+    }
+    if torch.version.cuda:
+        v["cuda"] = torch.version.cuda
+    return v
+
+
+def _clock(device: torch.device) -> str:
+    """The GPU's SM clock now, for the progress line (launch-bound calls may not boost it)."""
+    if device.type != "cuda":
+        return ""
+    try:
+        return f", sm clock {torch.cuda.clock_rate(device)} MHz"
+    except Exception:  # no NVML
+        return ""
+
+
+def _free(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def profile(
+    workload: str,
+    *,
+    size: str = "full",
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype = torch.float32,
+    repeats: int = 10,
+    warmup: int = 3,
+    batch_sizes: int | Iterable[int] | None = None,
+    modules: Iterable[str] | None = None,
+    rounds: int = 1,
+) -> pd.DataFrame:
+    """Measure every module of ``workload`` (or only ``modules``) over its batch sizes.
+
+    Returns a DataFrame with columns ``module,batch_size,latency_s`` (median seconds per call),
+    modules in program order; ``df.attrs["provenance"]`` holds the sidecar fields.
+    """
+    from neustream.models.diffusion import build_module
+
+    program = get_program(workload)
+    if repeats < 1 or warmup < 0 or rounds < 1:
+        raise ValueError(f"need repeats, rounds >= 1 and warmup >= 0, got {repeats=}, {warmup=}, {rounds=}")
+    device, dtype = torch.device(device), parse_dtype(dtype)
+    names = list(program.module_names if modules is None else modules)
+    for name in names:
+        program.module(name)  # clear error for an unknown module
+    rows = []
+    for name in names:
+        sizes = batch_sizes_for(program.module(name), batch_sizes)
+        t0 = time.perf_counter()
+        runner = build_module(workload, name, size=size, device=device, dtype=dtype)
+        built_s = time.perf_counter() - t0
+        print(f"[profile] {workload}/{name}: built in {built_s:.1f} s", file=sys.stderr, flush=True)
+        times: dict[int, list[float]] = {b: [] for b in sizes}
+        with torch.inference_mode():
+            for r in range(rounds):
+                for b in sizes:
+                    runner.inputs(b)
+                    t = time_calls(lambda: runner(b), repeats=repeats, warmup=warmup, device=device)
+                    times[b] += t
+                    print(
+                        f"[profile] {workload}/{name} round {r + 1}/{rounds} b={b}: "
+                        f"median {statistics.median(t) * 1e3:.3f} ms of {repeats} "
+                        f"(min {min(t) * 1e3:.3f}, max {max(t) * 1e3:.3f}){_clock(device)}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+        rows += [(name, b, statistics.median(times[b])) for b in sizes]
+        del runner
+        _free(device)
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    df.attrs["provenance"] = {
+        "workload": workload,
+        "device": str(device),
+        "device_name": device_name(device),
+        "dtype": dtype_name(dtype),
+        "size": size,
+        "weights": "random",
+        "method": {
+            "warmup": warmup,
+            "repeats": repeats,
+            "rounds": rounds,
+            "statistic": "median over rounds x repeats timed calls",
+            "order": "per round: for each batch size, warmup untimed then repeats timed calls",
+            "timer": "torch.cuda.Event pairs, synchronized per call"
+            if device.type == "cuda"
+            else "time.perf_counter",
+            "unit": "seconds per call (one denoising step for loop modules; CFG: 2b samples)",
+            "inputs": "random, made once per batch size, outside the timed call",
+            "mode": "torch.inference_mode, eval",
+        },
+        "versions": _versions(),
+        "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "host_cpu_count": os.cpu_count(),
+    }
+    return df
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def write_table(df: pd.DataFrame, csv_path: str | os.PathLike, provenance: dict | None = None) -> Path:
+    """Write the table to ``csv_path`` and its provenance to ``<name>.json`` beside it.
+
+    The provenance is ``df.attrs["provenance"]`` (set by ``profile``) updated with
+    ``provenance``. Both files are written atomically, the JSON first, so a CSV never stands
+    without its sidecar.
+    """
+    if list(df.columns) != COLUMNS:
+        got = ",".join(map(str, df.columns))
+        raise ValueError(f"latency table columns must be {','.join(COLUMNS)}, got {got}")
+    prov = {**df.attrs.get("provenance", {}), **(provenance or {})}
+    csv_path = Path(csv_path)
+    _atomic_write(csv_path.with_suffix(".json"), json.dumps(prov, indent=2, sort_keys=False) + "\n")
+    _atomic_write(csv_path, df.to_csv(index=False, float_format="%.6g"))
+    return csv_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m neustream.profiling ARGS`` is ``neustream profile ARGS`` (for bare GPU machines)."""
+    from neustream.cli import main as cli_main
+
+    return cli_main(["profile", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+rule aggregate:
+    input:
+        all_summaries(),
+    output:
+        report(
+            "results/tables/goodput.csv",
+            caption="../report/goodput.rst",
+            category="Tables",
+        ),
+    log:
+        "results/logs/aggregate.log",
+    conda:
+        "../envs/analysis.yaml"
+    shell:
+        "neustream aggregate {input} --out {output} > {log} 2>&1"
+
+
+rule plot_sweep:
+    input:
+        "results/tables/goodput.csv",
+    output:
+        report(
+            "results/figures/{workload}_{sweep}.png",
+            caption="../report/sweep.rst",
+            category="Goodput",
+            subcategory="{workload}",
+        ),
+    log:
+        "results/logs/plot/{workload}_{sweep}.log",
+    conda:
+        "../envs/analysis.yaml"
+    shell:
+        "neustream plot --table {input} --workload {wildcards.workload}"
+        " --sweep {wildcards.sweep} --out {output} > {log} 2>&1"
+
+
+rule plot_batches:
+    input:
+        lambda wc: [f"{d}/summary.json" for d in default_runs(wc)],
+    output:
+        report(
+            "results/figures/{workload}_batches.png",
+            caption="../report/batches.rst",
+            category="Batch sizes",
+        ),
+    log:
+        "results/logs/plot/{workload}_batches.log",
+    params:
+        runs=default_runs,
+    conda:
+        "../envs/analysis.yaml"
+    shell:
+        "neustream plot-batches {params.runs} --title '{wildcards.workload}, default point'"
+        " --out {output} > {log} 2>&1"
