@@ -13,9 +13,12 @@ report: "report/workflow.rst"
 
 
 include: "rules/common.smk"
+include: "rules/weights.smk"
 include: "rules/latency.smk"
 include: "rules/traces.smk"
 include: "rules/serve.smk"
+include: "rules/live.smk"
+include: "rules/llm.smk"
 include: "rules/aggregate.smk"
 
 

@@ -37,7 +37,8 @@ def aggregate(summary_paths: list[str | Path], out_csv: str | Path) -> pd.DataFr
             rows.append({**s, "sweep": sweep})
     df = pd.DataFrame(rows)
     df["bound_rps"] = df[["offered_rps", "capacity_rps"]].min(axis=1)
-    extra = [c for c in ("tokens_on_time", "token_goodput_tps") if c in df]
+    extra = [c for c in ("tokens_on_time", "token_goodput_tps", "tokens_requested",
+                         "token_attainment", "ttft_attainment", "pslo", "dslo") if c in df]
     df = df[COLUMNS + extra].sort_values(
         ["workload", "sweep", "system", "rate", "cv", "slo", "seed"], ignore_index=True)
     out = Path(out_csv)
@@ -128,3 +129,45 @@ def _save(fig, out_png: str | Path) -> None:
     fig.savefig(tmp, dpi=120)
     plt.close(fig)
     os.replace(tmp, out)
+
+
+LLM_STYLE = {  # LLM system -> (colour, marker)
+    "neustream-llm": ("tab:red", "o"), "vllm-054": ("tab:green", "^"), "vllm": ("tab:blue", "s"),
+}
+
+
+def plot_llm_sweep(table_csv: str | Path, workload: str, sweep: str, out_png: str | Path) -> None:
+    """Token goodput and request attainment (every token on time) against ``sweep``, one line
+    per system and backend (live runs solid, simulated ones dashed), offered tokens dotted."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    df = pd.read_csv(table_csv)
+    df = df[(df.workload == workload) & (df.sweep == sweep)]
+    if df.empty or "token_goodput_tps" not in df:
+        raise ValueError(f"no LLM rows for workload {workload!r} and sweep {sweep!r} in {table_csv}")
+    df = df.assign(offered_tps=df.tokens_requested * df.offered_rps / df.n_requests)
+    cols = ["token_goodput_tps", "attainment", "token_attainment", "offered_tps"]
+    mean = df.groupby(["backend", "system", sweep], as_index=False)[cols].mean()
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
+    offered = mean.groupby(sweep)["offered_tps"].max()
+    ax.plot(offered.index, offered.values, "k:", lw=1, label="offered tokens")
+    for (backend, system), g in mean.groupby(["backend", "system"]):
+        colour, marker = LLM_STYLE.get(system, (None, "x"))
+        ls = "--" if backend == "sim" else "-"
+        label = f"{system} ({backend})"
+        ax.plot(g[sweep], g["token_goodput_tps"], ls, marker=marker, color=colour, label=label)
+        ax2.plot(g[sweep], 100 * g["attainment"], ls, marker=marker, color=colour, label=label)
+    ax.set_xlabel(LABELS[sweep])
+    ax.set_ylabel("goodput (tokens/s on time)")
+    ax.set_ylim(bottom=0)
+    ax2.set_xlabel(LABELS[sweep])
+    ax2.set_ylabel("requests with every token on time (%)")
+    ax2.set_ylim(0, 105)
+    ax.legend(fontsize=6)
+    devices = ", ".join(sorted(df.device.astype(str).unique()))
+    fig.suptitle(f"{workload}: {sweep} sweep ({_fixed_point(df, sweep)}; {devices} tables)", fontsize=9)
+    fig.tight_layout()
+    _save(fig, out_png)

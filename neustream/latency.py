@@ -176,3 +176,208 @@ def capacity_rps(program: Program, table: LatencyTable, mean_steps: float) -> fl
         (mean_steps if m.loop else 1) * table.best_per_request(m.name) for m in program.modules
     )
     return 1.0 / per_request
+
+
+# -- LLM engine steps ---------------------------------------------------------------------------
+
+LLM_COLUMNS = ("module", "batch_size", "tokens", "latency_s")
+
+
+def _fit_relative(x, y, nonneg: tuple[int, ...] = ()):
+    """Least squares of ``x @ beta ~ y`` on relative errors; the coefficients named in
+    ``nonneg`` are kept >= 0 by refitting without the offending ones (a few columns only)."""
+    import numpy as np
+
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    w = 1.0 / y  # relative error: small steps count as much as big ones
+    active = list(range(x.shape[1]))
+    while True:
+        beta = np.zeros(x.shape[1])
+        sol, *_ = np.linalg.lstsq(x[:, active] * w[:, None], y * w, rcond=None)
+        beta[active] = sol
+        bad = [i for i in active if i in nonneg and beta[i] < 0]
+        if not bad:
+            return beta
+        active.remove(min(bad, key=lambda i: beta[i]))
+
+
+class LlmLatencyModel:
+    """Seconds per engine step of an LLM, fitted from a measured table.
+
+    The CSV (``module,batch_size,tokens,latency_s``) holds measured steps:
+    ``prefill`` rows are prefill-only steps of ``batch_size`` prompts of equal length with
+    ``tokens`` prompt tokens in all; ``decode`` rows are decode-only steps of ``batch_size``
+    sequences whose contexts sum to ``tokens``. The model fitted from them (least squares on
+    relative error, at load time, so the table stays the only source):
+
+    - prefill of prompts L_1..L_m with S = sum L tokens: as the artifact does it, the batch-1
+      rows interpolated at S (flat below the shortest) while S is within them, else the fit
+      ``theta0 + theta1 * S + theta2 * Q``, Q = sum L^2 (attention's quadratic cost), each
+      theta >= 0, over all prefill rows;
+    - decode of b sequences with contexts summing to X: ``a(b) + slope * X``, one intercept per
+      measured batch size (interpolated linearly between them, extended along the last two past
+      the largest) and one context slope >= 0;
+    - a mixed step (vLLM V1's chunked prefill with decodes, simulator only): the prefill cost
+      plus the decode cost, with the smaller fixed cost counted once.
+
+    Isolated (batch-1) times, the SLO's unit: ``prefill_alone_s(P)`` and ``decode_alone_s(c)``.
+    ``meta`` is the sidecar JSON (provenance; ``kv_capacity_tokens`` when measured).
+    """
+
+    def __init__(self, prefill: list[tuple[int, int, float]], decode: list[tuple[int, int, float]],
+                 source: str = "<memory>", meta: dict | None = None) -> None:
+        import numpy as np
+
+        self.source = source
+        self.meta = dict(meta or {})
+        if len(prefill) < 3 or len({(b, s) for b, s, _ in prefill}) < 3:
+            raise TableError(f"{source}: need at least 3 distinct prefill rows to fit, got {len(prefill)}")
+        if not decode or 1 not in {b for b, _, _ in decode}:
+            raise TableError(f"{source}: need decode rows, including batch_size 1")
+        self.prefill_rows = sorted(prefill)
+        self.decode_rows = sorted(decode)
+        x = [(1.0, s, s * s / b) for b, s, _ in self.prefill_rows]
+        self.theta = tuple(float(v) for v in _fit_relative(x, [t for *_, t in self.prefill_rows],
+                                                           nonneg=(0, 1, 2)))
+        alone = {s: t for b, s, t in self.prefill_rows if b == 1}
+        self.prefill_b1 = (tuple(sorted(alone)), tuple(alone[s] for s in sorted(alone)))
+        sizes = sorted({b for b, _, _ in self.decode_rows})
+        col = {b: i for i, b in enumerate(sizes)}
+        xd = np.zeros((len(self.decode_rows), len(sizes) + 1))
+        for r, (b, ctx, _) in enumerate(self.decode_rows):
+            xd[r, col[b]] = 1.0
+            xd[r, -1] = ctx
+        beta = _fit_relative(xd, [t for *_, t in self.decode_rows], nonneg=(len(sizes),))
+        self.decode_sizes = tuple(sizes)
+        self.decode_intercepts = tuple(max(float(v), 1e-9) for v in beta[:-1])
+        self.decode_slope = float(beta[-1])
+
+    # -- loading ---------------------------------------------------------------
+
+    @classmethod
+    def from_csv(cls, path: str | Path, program=None) -> LlmLatencyModel:
+        import json
+
+        path = Path(path)
+        if not path.is_file():
+            raise TableError(f"latency table {path} does not exist")
+        rows: dict[str, list[tuple[int, int, float]]] = {"prefill": [], "decode": []}
+        with path.open(newline="") as f:
+            numbered = [(n, line) for n, line in enumerate(f, start=1) if not line.startswith("#")]
+            reader = csv.DictReader(line for _, line in numbered)
+            missing = [c for c in LLM_COLUMNS if c not in (reader.fieldnames or ())]
+            if missing:
+                raise TableError(f"{path}: missing column(s) {', '.join(missing)}")
+            for row in reader:
+                n = numbered[reader.line_num - 1][0]
+                if row["module"] not in rows:
+                    raise TableError(f"{path}:{n}: module must be prefill or decode, got {row['module']!r}")
+                try:
+                    b, tokens, s = int(row["batch_size"]), int(row["tokens"]), float(row["latency_s"])
+                except (TypeError, ValueError):
+                    raise TableError(
+                        f"{path}:{n}: batch_size and tokens must be integers and latency_s a number, "
+                        f"got {row['batch_size']!r}, {row['tokens']!r}, {row['latency_s']!r}") from None
+                if b < 1 or tokens < 1 or not (s > 0 and math.isfinite(s)):
+                    raise TableError(f"{path}:{n}: need batch_size >= 1, tokens >= 1 and latency_s > 0")
+                rows[row["module"]].append((b, tokens, s))
+        side = path.with_suffix(".json")
+        meta = json.loads(side.read_text()) if side.is_file() else {}
+        model = cls(rows["prefill"], rows["decode"], source=str(path), meta=meta)
+        if program is not None and meta.get("workload") not in (None, program.name):
+            raise TableError(f"{path}: measured for workload {meta['workload']!r}, not {program.name!r}")
+        return model
+
+    def to_csv(self, path: str | Path) -> None:
+        with Path(path).open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(LLM_COLUMNS)
+            for module, rows in (("prefill", self.prefill_rows), ("decode", self.decode_rows)):
+                for b, tokens, s in rows:
+                    w.writerow([module, b, tokens, repr(s)])
+
+    def describe(self) -> dict:
+        """The fitted coefficients and the fit's largest relative errors (for sidecars, logs)."""
+        def worst(rows, fn):
+            return max(abs(fn(b, t) / s - 1) for b, t, s in rows)
+
+        return {
+            "prefill_theta": list(self.theta),
+            "decode_batch_sizes": list(self.decode_sizes),
+            "decode_intercepts_s": list(self.decode_intercepts),
+            "decode_slope_s_per_context_token": self.decode_slope,
+            "prefill_max_rel_error": worst(self.prefill_rows, lambda b, t: self.prefill_s(t, t * t / b)),
+            "decode_max_rel_error": worst(self.decode_rows, self.decode_s),
+        }
+
+    # -- queries ---------------------------------------------------------------
+
+    def prefill_s(self, tokens: float, sq_tokens: float) -> float:
+        """One prefill-only step over prompts with ``tokens`` in all and ``sq_tokens`` = sum L^2."""
+        sizes, secs = self.prefill_b1
+        if sizes and tokens <= sizes[-1]:
+            i = bisect.bisect_left(sizes, tokens)
+            if i == 0:
+                return secs[0]
+            w = (tokens - sizes[i - 1]) / (sizes[i] - sizes[i - 1])
+            return secs[i - 1] * (1 - w) + secs[i] * w
+        t0, t1, t2 = self.theta
+        return t0 + t1 * tokens + t2 * sq_tokens
+
+    def prefill_alone_s(self, prompt_tokens: int) -> float:
+        """Isolated prefill of one prompt (the first-token SLO's unit)."""
+        return self.prefill_s(prompt_tokens, prompt_tokens * prompt_tokens)
+
+    def decode_intercept_s(self, batch_size: int) -> float:
+        sizes, a = self.decode_sizes, self.decode_intercepts
+        if len(sizes) == 1:
+            return a[0]
+        i = bisect.bisect_left(sizes, batch_size)
+        if i < len(sizes) and sizes[i] == batch_size:
+            return a[i]
+        i = min(max(i, 1), len(sizes) - 1)  # between sizes[i-1] and sizes[i], or past the last
+        lo, hi = sizes[i - 1], sizes[i]
+        return max(a[i - 1] + (a[i] - a[i - 1]) * (batch_size - lo) / (hi - lo), 1e-9)
+
+    def decode_s(self, batch_size: int, context_tokens: float) -> float:
+        """One decode-only step of ``batch_size`` sequences whose contexts sum to ``context_tokens``."""
+        return self.decode_intercept_s(batch_size) + self.decode_slope * context_tokens
+
+    def decode_alone_s(self, context_tokens: float) -> float:
+        """Isolated decode step at one context length (the per-token SLO's unit)."""
+        return self.decode_s(1, context_tokens)
+
+    def mixed_s(self, tokens: float, sq_tokens: float, batch_size: int, context_tokens: float) -> float:
+        """A step with prefill chunks (``tokens``, ``sq_tokens``) and ``batch_size`` decodes."""
+        if batch_size == 0:
+            return self.prefill_s(tokens, sq_tokens)
+        if tokens == 0:
+            return self.decode_s(batch_size, context_tokens)
+        return (self.prefill_s(tokens, sq_tokens) + self.decode_s(batch_size, context_tokens)
+                - min(self.theta[0], self.decode_intercept_s(1)))
+
+    def slo_terms(self, prompt_tokens: int, pslo: float, dslo: float) -> tuple[float, float, float]:
+        """(ttft_s, step0_s, step_inc_s) of a request: token 1 is due ``ttft_s`` after arrival and
+        token j >= 2 ``ttft_s + (j-1) step0_s + step_inc_s (j-1) j / 2`` after it, which is
+        ``pslo x prefill_alone(P) + dslo x sum_{i=1}^{j-1} decode_alone(P + i)`` in closed form."""
+        a1 = self.decode_intercept_s(1)
+        return (pslo * self.prefill_alone_s(prompt_tokens),
+                dslo * (a1 + self.decode_slope * prompt_tokens),
+                dslo * self.decode_slope)
+
+
+def llm_capacity_rps(model: LlmLatencyModel, program, prompt_tokens: list[int],
+                     output_tokens: list[int], kv_capacity_tokens: int | None = None) -> float:
+    """Requests per second the engine could finish at best: full prefill batches (the token
+    budget) plus decode steps at the largest batch that max_num_seqs and the KV cache allow, each
+    request taking the mean prompt and output length (an upper bound on goodput in requests)."""
+    p = sum(prompt_tokens) / len(prompt_tokens)
+    o = sum(output_tokens) / len(output_tokens)
+    k = max(1, int(program.max_num_batched_tokens // p))
+    prefill = model.prefill_s(k * p, k * p * p) / k
+    b = program.max_num_seqs
+    if kv_capacity_tokens:
+        b = max(1, min(b, int(kv_capacity_tokens // (p + o))))
+    per_token = model.decode_s(b, b * (p + o / 2)) / b
+    return 1.0 / (prefill + (o - 1) * per_token)

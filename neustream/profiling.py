@@ -78,13 +78,15 @@ def batch_sizes_for(module: Module, batch_sizes: int | Iterable[int] | None) -> 
 
 
 def time_calls(
-    fn: Callable[[], object], *, repeats: int, warmup: int, device: torch.device
+    fn: Callable[[], object], *, repeats: int, warmup: int, device: torch.device,
+    host: bool = False,
 ) -> list[float]:
-    """Seconds of each of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones."""
+    """Seconds of each of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones (``host``:
+    by the host clock, for a ``fn`` that synchronises itself)."""
     for _ in range(warmup):
         fn()
     times = []
-    if device.type == "cuda":
+    if device.type == "cuda" and not host:
         torch.cuda.synchronize(device)
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         for _ in range(repeats):
@@ -155,6 +157,8 @@ def profile(
     batch_sizes: int | Iterable[int] | None = None,
     modules: Iterable[str] | None = None,
     rounds: int = 1,
+    graphs: bool = False,
+    served: bool = False,
 ) -> pd.DataFrame:
     """Measure every module of ``workload`` (or only ``modules``) over its batch sizes.
 
@@ -174,7 +178,8 @@ def profile(
     for name in names:
         sizes = batch_sizes_for(program.module(name), batch_sizes)
         t0 = time.perf_counter()
-        runner = build_module(workload, name, size=size, device=device, dtype=dtype)
+        runner = build_module(workload, name, size=size, device=device, dtype=dtype,
+                              graphs=graphs, served=served)
         built_s = time.perf_counter() - t0
         print(f"[profile] {workload}/{name}: built in {built_s:.1f} s", file=sys.stderr, flush=True)
         times: dict[int, list[float]] = {b: [] for b in sizes}
@@ -182,7 +187,8 @@ def profile(
             for r in range(rounds):
                 for b in sizes:
                     runner.inputs(b)
-                    t = time_calls(lambda: runner(b), repeats=repeats, warmup=warmup, device=device)
+                    t = time_calls(lambda: runner(b), repeats=repeats, warmup=warmup,
+                                   device=device, host=served)
                     times[b] += t
                     print(
                         f"[profile] {workload}/{name} round {r + 1}/{rounds} b={b}: "
@@ -209,11 +215,17 @@ def profile(
             "statistic": "median over rounds x repeats timed calls",
             "order": "per round: for each batch size, warmup untimed then repeats timed calls",
             "timer": "torch.cuda.Event pairs, synchronized per call"
-            if device.type == "cuda"
+            if device.type == "cuda" and not served
             else "time.perf_counter",
             "unit": "seconds per call (one denoising step for loop modules; CFG: 2b samples)",
             "inputs": "random, made once per batch size, outside the timed call",
             "mode": "torch.inference_mode, eval",
+            # CUDA graphs: each batch size's call captured once, timed as a replay (what a
+            # live server with graphs runs; see neustream/models/graphs.py)
+            "graphs": bool(graphs and device.type == "cuda"),
+            # served: the live worker's whole call (gather the requests' states, the call,
+            # hand outputs back, synchronise), host clock: what a live server pays per call
+            "served": served,
         },
         "versions": _versions(),
         "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

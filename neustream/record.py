@@ -82,6 +82,17 @@ def write_run(out_dir: str | Path, run: Run, settings: dict) -> dict:
     return summary
 
 
+def write_failed(out_dir: str | Path, run: Run, settings: dict, error: str) -> Path:
+    """Keep the partial records of a run that stopped early: requests (unfinished ones with
+    status queued or running) and batches so far, the settings and the error; never a summary."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_lines(out / REQUESTS, (request_row(r) for r in run.requests))
+    _write_lines(out / BATCHES, run.batches)
+    (out / "error.json").write_text(json.dumps({**settings, "error": error}, indent=1) + "\n")
+    return out
+
+
 def read_jsonl(path: str | Path) -> list[dict]:
     with Path(path).open() as f:
         return [json.loads(line) for line in f if line.strip()]
@@ -89,3 +100,48 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 def read_summary(path: str | Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+# -- LLM runs -------------------------------------------------------------------------------------
+
+
+def summarize_llm(requests: list[dict], settings: dict) -> dict:
+    """``summarize`` plus token counts: a request is ok when every token was on time; goodput
+    in tokens is the tokens on time per second of trace (the request goodput's denominator;
+    the artifact divided by the makespan, kept here as ``makespan_s``)."""
+    s = summarize(requests, settings)
+    on_time = sum(r["tokens_on_time"] for r in requests)
+    generated = sum(r["tokens_generated"] for r in requests)
+    ends = [r["finish_s"] if r["finish_s"] is not None else r.get("dropped_s") for r in requests]
+    ends = [t for t in ends if t is not None]
+    start = min((r["arrival_s"] for r in requests), default=0.0)
+    makespan = max(ends) - start if ends else 0.0
+    firsts = [r["first_token_s"] - r["arrival_s"] for r in requests if r["first_token_s"] is not None]
+    span = s["span_s"]
+    return {
+        **s,
+        "tokens_requested": sum(r["output_tokens"] for r in requests),
+        "tokens_generated": generated,
+        "tokens_on_time": on_time,
+        "token_goodput_tps": on_time / span if span > 0 else 0.0,
+        "token_attainment": on_time / max(sum(r["output_tokens"] for r in requests), 1),
+        "ttft_attainment": sum(1 for r in requests if r["ttft_ok"]) / len(requests) if requests else 0.0,
+        "mean_ttft_s": sum(firsts) / len(firsts) if firsts else None,
+        "makespan_s": makespan,
+        "throughput_tps": generated / makespan if makespan > 0 else 0.0,
+    }
+
+
+def write_llm_run(out_dir: str | Path, requests: list[dict], batches: list[dict],
+                  settings: dict) -> dict:
+    """Write an LLM run's three files from its request rows (LlmRequest.row()); return the summary."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / SUMMARY).unlink(missing_ok=True)
+    _write_lines(out / REQUESTS, requests)
+    _write_lines(out / BATCHES, batches)
+    summary = summarize_llm(requests, settings)
+    tmp = out / (SUMMARY + ".tmp")
+    tmp.write_text(json.dumps(summary, indent=1) + "\n")
+    os.replace(tmp, out / SUMMARY)
+    return summary

@@ -40,8 +40,9 @@ def check_positive(name: str, value: float) -> float:
     return value
 
 
-def make_trace(program: Program, rate: float, cv: float, n: int, seed: int) -> list[dict]:
-    """``n`` requests of ``program`` arriving at ``rate`` per second with burstiness ``cv``."""
+def gamma_arrivals(rate: float, cv: float, n: int, seed: int) -> np.ndarray:
+    """Arrival times (s) of ``n`` requests: cumulative Gamma gaps, mean 1/rate, CV ``cv``.
+    Drawn from stream [seed, 1]; workload fields use [seed, 2]."""
     rate = check_positive("rate", rate)
     cv = check_positive("cv", cv)
     if n < 1:
@@ -52,7 +53,12 @@ def make_trace(program: Program, rate: float, cv: float, n: int, seed: int) -> l
         raise ValueError(f"cv must be between 0.001 and 1000, got {cv}")
     shape = 1.0 / cv**2
     unit_gaps = np.random.default_rng([seed, 1]).standard_gamma(shape, n) / shape
-    arrivals = np.cumsum(unit_gaps / rate)
+    return np.cumsum(unit_gaps / rate)
+
+
+def make_trace(program: Program, rate: float, cv: float, n: int, seed: int) -> list[dict]:
+    """``n`` requests of ``program`` arriving at ``rate`` per second with burstiness ``cv``."""
+    arrivals = gamma_arrivals(rate, cv, n, seed)
     fields = np.random.default_rng([seed, 2])
     lo, hi = program.steps
     steps = fields.integers(lo, hi + 1, n)
@@ -125,4 +131,70 @@ def to_requests(rows: list[dict], program: Program, table: LatencyTable, slo: fl
             deadline_s=deadline_s(row["arrival_s"], slo, alone),
             steps=row["steps"], fields=extra,
         ))
+    return out
+
+
+# -- LLM traces ----------------------------------------------------------------------------------
+# Rows `id,arrival_s,prompt_tokens,output_tokens`: the same Gamma arrivals as above; request i
+# gets prompt length program.prompt_tokens[i % len] (the artifact replays its prompt list in
+# order) and an output length round(Exp(mean)) clipped to [output_min, output_max], from [seed, 2].
+
+LLM_TRACE_COLUMNS = ("id", "arrival_s", "prompt_tokens", "output_tokens")
+
+
+def make_llm_trace(program, rate: float, cv: float, n: int, seed: int) -> list[dict]:
+    """``n`` requests of the LLM workload ``program`` (programs.LlmProgram)."""
+    arrivals = gamma_arrivals(rate, cv, n, seed)
+    draws = np.random.default_rng([seed, 2]).exponential(program.output_mean, n)
+    outputs = np.clip(np.rint(draws), program.output_min, program.output_max).astype(int)
+    prompts = program.prompt_tokens
+    return [{"id": i, "arrival_s": float(arrivals[i]), "prompt_tokens": int(prompts[i % len(prompts)]),
+             "output_tokens": int(outputs[i])} for i in range(n)]
+
+
+def read_llm_trace(path: str | Path, program) -> list[dict]:
+    """Read and check an LLM trace CSV (``id,arrival_s,prompt_tokens,output_tokens``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise TraceError(f"trace {path} does not exist")
+    rows, seen, last = [], set(), -math.inf
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in LLM_TRACE_COLUMNS if c not in (reader.fieldnames or ())]
+        if missing:
+            raise TraceError(f"{path}: missing column(s) {', '.join(missing)}")
+        for n, raw in enumerate(reader, start=2):
+            try:
+                row = {k: (float(raw[k]) if k == "arrival_s" else int(raw[k])) for k in LLM_TRACE_COLUMNS}
+            except (TypeError, ValueError):
+                raise TraceError(f"{path}:{n}: non-numeric field in {raw}") from None
+            if row["id"] in seen:
+                raise TraceError(f"{path}:{n}: duplicate id {row['id']}")
+            if not (math.isfinite(row["arrival_s"]) and row["arrival_s"] >= max(last, 0.0)):
+                raise TraceError(f"{path}:{n}: arrival_s must be >= 0 and non-decreasing")
+            if row["prompt_tokens"] < 1 or row["output_tokens"] < 1:
+                raise TraceError(f"{path}:{n}: prompt_tokens and output_tokens must be >= 1")
+            if row["prompt_tokens"] + row["output_tokens"] > program.max_model_len:
+                raise TraceError(f"{path}:{n}: prompt_tokens + output_tokens exceeds "
+                                 f"{program.name}'s max_model_len {program.max_model_len}")
+            seen.add(row["id"])
+            last = row["arrival_s"]
+            rows.append(row)
+    if not rows:
+        raise TraceError(f"{path}: no requests")
+    return rows
+
+
+def to_llm_requests(rows: list[dict], model, pslo: float, dslo: float):
+    """LlmRequests with per-token deadlines from the latency model (LlmLatencyModel)."""
+    from neustream.request import LlmRequest
+
+    check_positive("pslo", pslo)
+    check_positive("dslo", dslo)
+    out = []
+    for row in rows:
+        ttft, step0, inc = model.slo_terms(row["prompt_tokens"], pslo, dslo)
+        out.append(LlmRequest(id=row["id"], arrival_s=row["arrival_s"],
+                              prompt_tokens=row["prompt_tokens"], output_tokens=row["output_tokens"],
+                              pslo=pslo, dslo=dslo, ttft_s=ttft, step0_s=step0, step_inc_s=inc))
     return out

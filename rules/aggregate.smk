@@ -9,6 +9,9 @@ rule aggregate:
         ),
     log:
         "results/logs/aggregate.log",
+    resources:
+        mem_mb=2000,
+        runtime=10,
     conda:
         "../envs/analysis.yaml"
     shell:
@@ -24,9 +27,13 @@ rule plot_sweep:
             caption="../report/sweep.rst",
             category="Goodput",
             subcategory="{workload}",
+            labels={"workload": "{workload}", "sweep": "{sweep}"},
         ),
     log:
         "results/logs/plot/{workload}_{sweep}.log",
+    resources:
+        mem_mb=1000,
+        runtime=10,
     conda:
         "../envs/analysis.yaml"
     shell:
@@ -42,11 +49,15 @@ rule plot_batches:
             "results/figures/{workload}_batches.png",
             caption="../report/batches.rst",
             category="Batch sizes",
+            labels={"workload": "{workload}"},
         ),
     log:
         "results/logs/plot/{workload}_batches.log",
     params:
         runs=default_runs,
+    resources:
+        mem_mb=1000,
+        runtime=10,
     conda:
         "../envs/analysis.yaml"
     shell:

@@ -13,13 +13,16 @@ rule profile:
         p=config["profile"],
     wildcard_constraints:
         device=config["profile"]["device"],
+        workload=live_constraint(sorted(set(config["workloads"]) | set(LIVE_WORKLOADS))),
     resources:
         gpu=lambda wc: 0 if config["profile"]["torch_device"] == "cpu" else 1,
+        mem_mb=4000 if config["profile"]["size"] == "tiny" else 32000,
+        runtime=30 if config["profile"]["size"] == "tiny" else 120,
     conda:
         "../envs/diffusion.yaml"
     shell:
         "neustream profile --workload {wildcards.workload} --size {params.p[size]}"
         " --device {params.p[torch_device]} --dtype {params.p[dtype]}"
         " --repeats {params.p[repeats]} --warmup {params.p[warmup]}"
-        " --max-batch {params.p[max_batch]}"
+        " --max-batch {params.p[max_batch]} --served --threads {params.p[torch_threads]}"
         " --out {output.table} > {log} 2>&1"

@@ -12,6 +12,9 @@ rule simulate:
         sweeps=sweeps_of,
         step_delta=step_delta,
         out=lambda wc, output: os.path.dirname(output.summary),
+    resources:
+        mem_mb=2000,
+        runtime=30,
     conda:
         "../envs/analysis.yaml"
     shell:

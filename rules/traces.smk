@@ -5,6 +5,9 @@ rule trace:
         "results/logs/trace/{workload}/rate={rate}_cv={cv}_seed={seed}.log",
     params:
         requests=config["requests"],
+    resources:
+        mem_mb=1000,
+        runtime=10,
     conda:
         "../envs/analysis.yaml"
     shell:

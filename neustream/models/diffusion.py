@@ -4,8 +4,8 @@ Each workload module of ``neustream.programs`` (SD v1.5 text encoder / UNet / VA
 Palette) is a small wrapper around the libraries' own classes (``transformers.CLIPTextModel``,
 ``diffusers.UNet2DConditionModel``, ``DiTTransformer2DModel``, ``UNet2DModel``, ``AutoencoderKL``),
 built from the real architecture configs written out below. Serving latency does not depend on
-weight values, so ``weights: random`` (the default) needs no download; ``load_pretrained`` fetches
-the published weights where they exist.
+weight values, so ``weights: random`` (the default) needs no download; ``weights: pretrained``
+loads the published weights where they exist (``neustream.models.weights`` fetches them).
 
 One call of a wrapper is what the stream engine runs for one batch:
 
@@ -16,6 +16,12 @@ One call of a wrapper is what the stream engine runs for one batch:
   conditional and unconditional, then combine them (guidance scale 7.5 for SD, 4.0 for DiT);
   the SD text encoder with CFG encodes 2b sequences of 77 tokens (prompt + empty prompt).
 
+Serving: each request holds one row (slot) of the workload's ``Pools`` (token ids, text states,
+latents, its own DDIM schedule for its step count, its class) from arrival to end. A call gets
+the batch's slots and step indices, gathers those rows, runs, and scatters the results back, so
+a batch may mix requests at different timesteps (tests/test_equivalence.py checks that a request
+comes out the same as served alone).
+
 ``size="tiny"`` builds the same classes with a few channels and one or two layers on small images,
 so that tests run on a CPU in milliseconds. ``build_module`` gives the profiler's view: a callable
 that runs one call at a given batch size on preallocated random inputs.
@@ -23,9 +29,12 @@ that runs one call at a given batch size on preallocated random inputs.
 
 from __future__ import annotations
 
+import functools
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from neustream.programs import get_program
@@ -155,17 +164,6 @@ TINY_PALETTE = dict(
 
 TINY_IMAGE_SIZE = {"sd15-256": 64, "sd15-512": 64, "dit-s2": 64, "dit-xl2": 64, "palette": 32}
 
-# Published diffusers-format weights: (repo, revision, {module: subfolder}).
-# NOTE: the revisions could not be looked up when this was written (hub unreachable); pin them to
-# commit hashes with `huggingface-cli` once a networked machine has fetched the weights.
-SD15_REPO, SD15_REVISION = "stable-diffusion-v1-5/stable-diffusion-v1-5", "main"
-DIT_XL2_REPO, DIT_XL2_REVISION = "facebook/DiT-XL-2-256", "main"
-PRETRAINED: dict[str, tuple[str, str, dict[str, str]]] = {
-    "sd15-256": (SD15_REPO, SD15_REVISION, {"text_encoder": "text_encoder", "unet": "unet", "vae": "vae"}),
-    "sd15-512": (SD15_REPO, SD15_REVISION, {"text_encoder": "text_encoder", "unet": "unet", "vae": "vae"}),
-    "dit-xl2": (DIT_XL2_REPO, DIT_XL2_REVISION, {"dit": "transformer", "vae": "vae"}),
-}
-
 
 # --------------------------------------------------------------------------------------------
 # Network construction
@@ -206,34 +204,23 @@ def build_net(workload: str, module: str, *, size: str = "full") -> torch.nn.Mod
     raise ValueError(f"no network for {workload}/{module}")  # pragma: no cover
 
 
-def load_pretrained(workload: str, module: str, *, cache_dir: str | None = None) -> torch.nn.Module:
-    """The published weights of one module, downloaded with huggingface_hub (fp32, CPU).
+def load_pretrained(workload: str, module: str, *, cache_dir: str | None = None,
+                    local: bool = False) -> torch.nn.Module:
+    """The published weights of one module (fp32, CPU), from the hub cache ``cache_dir``.
 
-    Fails with one clear line when the workload has no public diffusers weights or when the hub
-    cannot be reached.
+    ``local``: read the snapshot named by the manifest in ``cache_dir`` (written by
+    ``neustream weights``) and never touch the network. Fails with one clear line when the
+    workload has no public weights or they cannot be had.
     """
-    get_program(workload).module(module)
-    if workload not in PRETRAINED:
-        raise ValueError(
-            f"workload {workload!r} has no public diffusers-format weights; use weights: random"
-        )
-    repo, revision, subfolders = PRETRAINED[workload]
-    sub = subfolders[module]
-    from huggingface_hub import snapshot_download
+    from neustream.models import weights
 
-    try:
-        path = snapshot_download(
-            repo,
-            revision=revision,
-            allow_patterns=[f"{sub}/*.json", f"{sub}/*.safetensors"],
-            ignore_patterns=[f"{sub}/*fp16*", f"{sub}/*non_ema*"],
-            cache_dir=cache_dir,
-        )
-    except Exception as e:  # offline, DNS, connection refused, gated repo, ...: one clear line
-        raise RuntimeError(
-            f"cannot download {repo}@{revision} ({sub}) from the Hugging Face hub: "
-            f"{type(e).__name__}; check the network or HF_HOME, or use weights: random"
-        ) from e
+    get_program(workload).module(module)
+    model = weights.model_for(workload)
+    if local:
+        path = weights.snapshot(workload, cache_dir or weights.DEFAULT_DIR)
+    else:
+        path = weights.fetch(model, cache_dir)
+    sub = weights.get_hub(model).files[module][0]
     if module == "text_encoder":
         from transformers import CLIPTextModel
 
@@ -249,65 +236,210 @@ def load_pretrained(workload: str, module: str, *, cache_dir: str | None = None)
 
 
 # --------------------------------------------------------------------------------------------
+# Per-request state: DDIM schedules and slot pools
+# --------------------------------------------------------------------------------------------
+
+T, A_T, A_PREV = range(3)  # columns of a schedule row
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A DDIM sampler (eta = 0, deterministic) over a 1000-step training noise schedule.
+
+    ``table(steps)`` gives, for each of a request's ``steps`` calls, the timestep and the
+    cumulative alphas at it and at the next one, with diffusers' "leading" spacing; each request
+    keeps its own, so a batch mixes requests at any step of any step count.
+    """
+
+    beta_start: float
+    beta_end: float
+    scaled: bool  # SD's "scaled_linear" (linear in sqrt(beta)); else linear
+    offset: int = 0  # diffusers' steps_offset
+    final_alpha: float | None = 1.0  # alpha after the last step; None: alphas_cumprod[0]
+
+    def alphas_cumprod(self) -> np.ndarray:
+        if self.scaled:
+            betas = np.linspace(self.beta_start**0.5, self.beta_end**0.5, 1000) ** 2
+        else:
+            betas = np.linspace(self.beta_start, self.beta_end, 1000)
+        return np.cumprod(1.0 - betas)
+
+    @functools.lru_cache(maxsize=256)  # noqa: B019 - a few module-level schedules
+    def table(self, steps: int) -> np.ndarray:
+        """(steps, 3) float64: timestep, alpha_cumprod at it, at the next timestep."""
+        ac = self.alphas_cumprod()
+        ratio = 1000 // steps
+        t = (np.arange(steps) * ratio)[::-1] + self.offset
+        prev = t - ratio
+        final = ac[0] if self.final_alpha is None else self.final_alpha
+        a_prev = np.where(prev >= 0, ac[np.clip(prev, 0, None)], final)
+        return np.stack([t, ac[t], a_prev], axis=1)
+
+
+SD_SCHEDULE = Schedule(0.00085, 0.012, scaled=True, offset=1, final_alpha=None)
+DIT_SCHEDULE = Schedule(0.0001, 0.02, scaled=False)
+
+
+class Pools(dict):
+    """Per-request tensors of one served workload, on its device: name -> (rows, ...).
+
+    A request holds one row (its slot) of every pool from arrival to end: token ids, text
+    states, latents, its sampler schedule, its class. A call gathers its batch's rows, computes
+    and scatters the results back, all inside the call (so inside a CUDA graph), and the host
+    only sends the slot numbers. Row 0 is scratch: a bucket's padding rows read and write it.
+    """
+
+    def __init__(self, rows: int, device: torch.device) -> None:
+        super().__init__()
+        self.rows = rows
+        self.device = device
+
+    def need(self, name: str, shape: tuple, dtype: torch.dtype, fill: float | None = None):
+        """The pool ``name``, made on first need (random normal values, or ``fill``)."""
+        if name not in self:
+            size = (self.rows, *shape)
+            if fill is None:
+                self[name] = torch.randn(size, generator=torch.Generator().manual_seed(0)).to(
+                    self.device, dtype)
+            else:
+                self[name] = torch.full(size, fill, dtype=dtype, device=self.device)
+        pool = self[name]
+        if pool.shape[1:] != shape or pool.dtype != dtype:
+            raise ValueError(f"pool {name!r} is {tuple(pool.shape[1:])} {pool.dtype}, "
+                             f"a module needs {shape} {dtype}")
+        return pool
+
+
+@dataclass(eq=False)
+class State:
+    """One request as the modules know it; its tensors are its ``slot`` of the pools."""
+
+    id: int
+    steps: int
+    seed: int
+    slot: int = 0
+    prompt: int = 0  # SD: prompt index
+    label: int = 0  # DiT: ImageNet class
+    output: torch.Tensor | None = None  # last module's output (kept only when asked)
+
+    def generator(self, salt: int) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + self.id * 31 + salt)
+
+
+# --------------------------------------------------------------------------------------------
 # Stream modules: one call = what the engine runs for one batch
 # --------------------------------------------------------------------------------------------
 
 
-def _ddim_update(x: torch.Tensor, eps: torch.Tensor, a_t: torch.Tensor, a_prev: torch.Tensor):
-    """The sampler's per-step element-wise update (deterministic DDIM), per-sample alphas."""
-    x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
-    return a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
-
-
-def _alphas(b: int, gen: torch.Generator, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    a_t = torch.rand(b, 1, 1, 1, generator=gen).mul(0.9).add(0.05)
-    return a_t.to(device, dtype), (a_t + 0.04).to(device, dtype)
+def _ddim_update(x: torch.Tensor, eps: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """The sampler's per-sample element-wise update (DDIM, eta = 0), in float32; ``p`` holds
+    each sample's schedule row (timestep, alpha_cumprod now, next)."""
+    a_t = p[:, A_T].view(-1, 1, 1, 1)
+    a_prev = p[:, A_PREV].view(-1, 1, 1, 1)
+    x32, eps32 = x.float(), eps.float()
+    x0 = (x32 - (1 - a_t).sqrt() * eps32) / a_t.sqrt()
+    return (a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps32).to(x.dtype)
 
 
 class StreamModule:
     """A network plus the work around it that one batch of one stream module needs.
 
-    ``make_inputs(b)`` builds random inputs for a batch of b requests (what the previous module
-    and the request state would hand over); ``__call__(inputs)`` runs one call and returns the
-    per-request outputs. ``num_samples(b)`` is the network's batch dimension (2b with CFG).
+    The requests' tensors live in ``Pools`` (``attach`` declares what this module reads and
+    writes). A call's only input is ``sel`` (b, 2): each row's slot and step index; it gathers
+    those rows, runs the network, writes the results back to the pools, and returns the batch's
+    output (so a CUDA graph can capture the whole call). ``init_state`` writes a new request's
+    rows (noise, schedule, tokens), and ``load`` fills ``sel`` for n requests in a batch of
+    b >= n, the rows past n pointing at the scratch slot 0.
     """
 
-    def __init__(self, net: torch.nn.Module, *, cfg: bool, size: str, image_size: int):
+    def __init__(self, net: torch.nn.Module, *, cfg: bool, size: str, image_size: int,
+                 schedule: Schedule | None = None, max_steps: int = 1):
         self.net = net
         self.cfg = cfg
         self.size = size
         self.image_size = image_size
+        self.schedule = schedule
+        self.max_steps = max_steps
         p = next(net.parameters())
         self.device, self.dtype = p.device, p.dtype
+        self.pools: Pools | None = None
+        self._staging: torch.Tensor | None = None
 
     def num_samples(self, batch_size: int) -> int:
         return 2 * batch_size if self.cfg else batch_size
 
-    def _latent(self, b: int, gen: torch.Generator, channels: int = 4) -> torch.Tensor:
+    def latent_shape(self) -> tuple:
         s = self.image_size // 8
-        return torch.randn(b, channels, s, s, generator=gen).to(self.device, self.dtype)
+        return (4, s, s)
+
+    def attach(self, pools: Pools) -> None:
+        self.pools = pools
+        pools.need("latents", self.latent_shape(), self.dtype)
+        if self.schedule is not None:
+            pools.need("sched", (self.max_steps, 3), torch.float32, fill=0.5)
 
     def make_inputs(self, batch_size: int, seed: int = 0) -> dict[str, Any]:
-        raise NotImplementedError
+        """Static inputs of a batch of ``batch_size``: every row selects the scratch slot."""
+        return {"sel": torch.zeros(batch_size, 2, dtype=torch.long, device=self.device)}
 
     def __call__(self, inputs: dict[str, Any]) -> torch.Tensor:
         raise NotImplementedError
 
+    def init_state(self, state: State) -> None:
+        if self.schedule is not None:
+            table = torch.from_numpy(self.schedule.table(state.steps)).float()
+            self.pools["sched"][state.slot, : state.steps].copy_(table)
+
+    def _noise(self, state: State, name: str, salt: int) -> None:
+        pool = self.pools[name]
+        x = torch.randn(pool.shape[1:], generator=state.generator(salt))
+        pool[state.slot].copy_(x)
+
+    def load(self, inputs: dict, states: list[State], steps_done: list[int], b: int) -> None:
+        n = len(states)
+        if self._staging is None or self._staging.shape[0] < b:  # pinned: an async copy
+            self._staging = torch.zeros(max(b, 32), 2, dtype=torch.long,
+                                        pin_memory=self.device.type == "cuda")
+        rows = self._staging.numpy()  # no copy is in flight: every call synchronises
+        rows[:n, 0] = [s.slot for s in states]
+        rows[:n, 1] = steps_done
+        rows[n:b] = 0
+        inputs["sel"].copy_(self._staging[:b], non_blocking=True)
+
+    def _select(self, inputs):
+        sel = inputs["sel"]
+        return sel[:, 0], sel[:, 1]
+
 
 class TextEncoder(StreamModule):
-    """CLIP text encoder: token ids (b, 77) -> hidden states; with CFG also the empty prompt."""
+    """CLIP text encoder: token ids (b, 77) -> text states (b, 2, 77, D), [empty prompt;
+    prompt] with CFG; the empty prompt is encoded with the batch, as pipelines do."""
 
-    def make_inputs(self, batch_size, seed=0):
-        gen = torch.Generator().manual_seed(seed)
-        vocab = self.net.config.vocab_size
-        ids = torch.randint(0, vocab, (batch_size, TEXT_LEN), generator=gen)
-        return {"input_ids": ids.to(self.device)}
+    def attach(self, pools):
+        self.pools = pools
+        pools.need("ids", (TEXT_LEN,), torch.long, fill=0)
+        pools.need("text", (2, TEXT_LEN, self.net.config.hidden_size), self.dtype)
 
     def __call__(self, inputs):
-        ids = inputs["input_ids"]
+        idx, _ = self._select(inputs)
+        ids = self.pools["ids"][idx]
+        b = ids.shape[0]
         if self.cfg:  # unconditional half: the empty prompt, padded to 77 tokens as well
             ids = torch.cat([torch.full_like(ids, self.net.config.pad_token_id), ids])
-        return self.net(input_ids=ids).last_hidden_state  # (2b | b, 77, hidden)
+        out = self.net(input_ids=ids).last_hidden_state  # (2b | b, 77, hidden)
+        text = torch.stack([out[:b], out[b:]], dim=1) if self.cfg else torch.stack([out, out], 1)
+        self.pools["text"].index_copy_(0, idx, text)
+        return out
+
+    @functools.lru_cache(maxsize=1024)  # noqa: B019 - one encoder per server, few prompts
+    def prompt_ids(self, prompt: int) -> torch.Tensor:
+        """Token ids of prompt number ``prompt``: synthetic (no tokenizer is loaded), fixed per
+        prompt, the same length as CLIP's padded prompts."""
+        gen = torch.Generator().manual_seed(prompt)
+        return torch.randint(0, self.net.config.vocab_size, (TEXT_LEN,), generator=gen)
+
+    def init_state(self, state):
+        self.pools["ids"][state.slot].copy_(self.prompt_ids(state.prompt))
 
 
 class SDUNetStep(StreamModule):
@@ -315,30 +447,32 @@ class SDUNetStep(StreamModule):
 
     guidance_scale = SD_GUIDANCE
 
-    def make_inputs(self, batch_size, seed=0):
-        gen = torch.Generator().manual_seed(seed)
-        n, hidden = self.num_samples(batch_size), self.net.config.cross_attention_dim
-        a_t, a_prev = _alphas(batch_size, gen, self.device, self.dtype)
-        return {
-            "latents": self._latent(batch_size, gen),
-            "timesteps": torch.randint(0, 1000, (batch_size,), generator=gen).to(self.device),
-            # text encoder output for every sample the UNet runs ([uncond; cond] with CFG)
-            "text": torch.randn(n, TEXT_LEN, hidden, generator=gen).to(self.device, self.dtype),
-            "a_t": a_t,
-            "a_prev": a_prev,
-        }
+    def attach(self, pools):
+        super().attach(pools)
+        pools.need("text", (2, TEXT_LEN, self.net.config.cross_attention_dim), self.dtype)
 
     def __call__(self, inputs):
-        x, t = inputs["latents"], inputs["timesteps"]
+        idx, k = self._select(inputs)
+        x = self.pools["latents"][idx]
+        p = self.pools["sched"][idx, k]
+        text = self.pools["text"][idx]  # (b, 2, 77, D)
+        t = p[:, T]
         if self.cfg:
             x_in, t_in = torch.cat([x, x]), torch.cat([t, t])
+            text = torch.cat([text[:, 0], text[:, 1]])
         else:
-            x_in, t_in = x, t
-        eps = self.net(x_in, t_in, encoder_hidden_states=inputs["text"]).sample
+            x_in, t_in, text = x, t, text[:, 1]
+        eps = self.net(x_in, t_in, encoder_hidden_states=text).sample
         if self.cfg:
             uncond, cond = eps.chunk(2)
             eps = uncond + self.guidance_scale * (cond - uncond)
-        return _ddim_update(x, eps, inputs["a_t"], inputs["a_prev"])
+        out = _ddim_update(x, eps, p)
+        self.pools["latents"].index_copy_(0, idx, out)
+        return out
+
+    def init_state(self, state):
+        super().init_state(state)
+        self._noise(state, "latents", 1)
 
 
 class DiTStep(StreamModule):
@@ -347,19 +481,15 @@ class DiTStep(StreamModule):
 
     guidance_scale = DIT_GUIDANCE
 
-    def make_inputs(self, batch_size, seed=0):
-        gen = torch.Generator().manual_seed(seed)
-        a_t, a_prev = _alphas(batch_size, gen, self.device, self.dtype)
-        return {
-            "latents": self._latent(batch_size, gen),
-            "timesteps": torch.randint(0, 1000, (batch_size,), generator=gen).to(self.device),
-            "class_labels": torch.randint(0, 1000, (batch_size,), generator=gen).to(self.device),
-            "a_t": a_t,
-            "a_prev": a_prev,
-        }
+    def attach(self, pools):
+        super().attach(pools)
+        pools.need("label", (), torch.long, fill=0)
 
     def __call__(self, inputs):
-        x, t, y = inputs["latents"], inputs["timesteps"], inputs["class_labels"]
+        idx, k = self._select(inputs)
+        x = self.pools["latents"][idx]
+        p = self.pools["sched"][idx, k]
+        t, y = p[:, T], self.pools["label"][idx]
         if self.cfg:
             x_in, t_in = torch.cat([x, x]), torch.cat([t, t])
             y_in = torch.cat([y, torch.full_like(y, DIT_NULL_CLASS)])
@@ -370,18 +500,22 @@ class DiTStep(StreamModule):
         if self.cfg:
             cond, uncond = eps.chunk(2)
             eps = uncond + self.guidance_scale * (cond - uncond)
-        return _ddim_update(x, eps, inputs["a_t"], inputs["a_prev"])
+        out = _ddim_update(x, eps, p)
+        self.pools["latents"].index_copy_(0, idx, out)
+        return out
+
+    def init_state(self, state):
+        super().init_state(state)
+        self._noise(state, "latents", 1)
+        self.pools["label"][state.slot] = state.label
 
 
 class VAEDecode(StreamModule):
     """VAE decoder: latents (b, 4, s/8, s/8) -> images (b, 3, s, s) in [0, 1]."""
 
-    def make_inputs(self, batch_size, seed=0):
-        gen = torch.Generator().manual_seed(seed)
-        return {"latents": self._latent(batch_size, gen)}
-
     def __call__(self, inputs):
-        image = self.net.decode(inputs["latents"] / VAE_SCALE).sample
+        idx, _ = self._select(inputs)
+        image = self.net.decode(self.pools["latents"][idx] / VAE_SCALE).sample
         return (image / 2 + 0.5).clamp(0, 1)
 
 
@@ -398,22 +532,26 @@ class PaletteStep(StreamModule):
     base has no diffusers-format weights, so it is Palette-shaped rather than Palette.
     """
 
-    def make_inputs(self, batch_size, seed=0):
-        gen = torch.Generator().manual_seed(seed)
-        s = self.image_size
-        a_t, a_prev = _alphas(batch_size, gen, self.device, self.dtype)
-        return {
-            "image": torch.randn(batch_size, 3, s, s, generator=gen).to(self.device, self.dtype),
-            "cond": torch.randn(batch_size, 3, s, s, generator=gen).to(self.device, self.dtype),
-            "timesteps": torch.randint(0, 1000, (batch_size,), generator=gen).to(self.device),
-            "a_t": a_t,
-            "a_prev": a_prev,
-        }
+    def latent_shape(self):  # Palette denoises the image itself
+        return (3, self.image_size, self.image_size)
+
+    def attach(self, pools):
+        super().attach(pools)
+        pools.need("cond", self.latent_shape(), self.dtype)
 
     def __call__(self, inputs):
-        x = inputs["image"]
-        eps = self.net(torch.cat([x, inputs["cond"]], dim=1), inputs["timesteps"]).sample
-        return _ddim_update(x, eps, inputs["a_t"], inputs["a_prev"])
+        idx, k = self._select(inputs)
+        x = self.pools["latents"][idx]
+        p = self.pools["sched"][idx, k]
+        eps = self.net(torch.cat([x, self.pools["cond"][idx]], dim=1), p[:, T]).sample
+        out = _ddim_update(x, eps, p)
+        self.pools["latents"].index_copy_(0, idx, out)
+        return out
+
+    def init_state(self, state):
+        super().init_state(state)
+        self._noise(state, "latents", 1)  # the noisy image
+        self._noise(state, "cond", 2)  # the masked image (synthetic)
 
 
 def make_module(
@@ -424,15 +562,24 @@ def make_module(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     weights: str = "random",
+    weights_dir: str | None = None,
 ) -> StreamModule:
-    """The stream module ``module`` of ``workload``, in eval mode on ``device`` / ``dtype``."""
+    """The stream module ``module`` of ``workload``, in eval mode on ``device`` / ``dtype``.
+
+    ``weights: pretrained`` loads the published weights from the hub cache ``weights_dir``
+    (fetched before by ``neustream weights``; the network is never used here).
+    """
     spec = get_program(workload).module(module)
+    _check_size(size)
     if weights not in ("random", "pretrained"):
         raise ValueError(f"weights must be 'random' or 'pretrained', got {weights!r}")
+    if torch.device(device).type == "cpu":
+        # Random weights give some subnormal activations, which take slow microcode paths on x86
+        # (measured: tiny SD UNet steps of 10 ms took 0.7-1.9 s now and then); flush them.
+        warnings.filterwarnings("ignore", message="The value of the smallest subnormal")
+        torch.set_flush_denormal(True)
     if weights == "pretrained":
-        if size != "full":
-            raise ValueError("weights: pretrained needs size: full")
-        net = load_pretrained(workload, module)
+        net = load_pretrained(workload, module, cache_dir=weights_dir, local=True)
     else:
         # Initialise on the target device: random init of ~0.9 B parameters on a CPU is slow.
         with torch.device(device):
@@ -440,6 +587,7 @@ def make_module(
     # nn.Module.to, not diffusers' override: that one warns on every dtype cast of a model
     # built from a config (it has no float32-only submodules to keep anyway).
     net = torch.nn.Module.to(net, device=device, dtype=dtype).eval().requires_grad_(False)
+    schedule = SD_SCHEDULE if workload.startswith("sd15") else DIT_SCHEDULE
     if module == "text_encoder":
         cls = TextEncoder
     elif module == "vae":
@@ -450,27 +598,43 @@ def make_module(
         cls = PaletteStep
     else:
         cls = SDUNetStep
-    return cls(net, cfg=spec.cfg, size=size, image_size=image_size(workload, size))
+    return cls(net, cfg=spec.cfg, size=size, image_size=image_size(workload, size),
+               schedule=schedule if spec.loop else None,
+               max_steps=get_program(workload).steps[1])
 
 
-@dataclass
 class ModuleRunner:
     """The profiler's view of a module: ``runner(b)`` runs ONE call at batch size b on random
-    inputs made once per batch size (input creation stays out of the timed call)."""
+    request data (``inputs(b)`` prepares it, and with ``graphs`` captures the call, outside the
+    timed call). It runs the very call a live server runs (``Batcher.call``, gathering from and
+    scattering to b requests' slots); with ``served``, the live worker's whole call
+    (``Batcher.run``: slots sent to the device, the call, synchronise), which is what a live
+    server pays per call."""
 
-    module: StreamModule
-    _batch_size: int = 0
-    _inputs: dict | None = None
+    def __init__(self, module: StreamModule, max_batch: int, *, graphs: bool = False,
+                 served: bool = False):
+        from neustream.models.graphs import Batcher
+
+        self.module = module
+        module.attach(Pools(max_batch + 1, module.device))
+        self.batcher = Batcher(module, max_batch, graphs=graphs)
+        self.served = served
+        steps = module.max_steps if module.schedule else 1
+        self.states = [State(id=i, steps=steps, seed=0, slot=i + 1) for i in range(max_batch)]
+        for s in self.states:
+            module.init_state(s)
 
     def inputs(self, batch_size: int) -> dict:
-        if batch_size != self._batch_size:
-            self._inputs = None  # free the previous batch size's inputs first
-            self._inputs = self.module.make_inputs(batch_size)
-            self._batch_size = batch_size
-        return self._inputs
+        self.batcher.prepare([batch_size])
+        view = self.batcher.view(batch_size)
+        if not self.served:  # the call reads the requests' own rows, not the scratch row
+            self.module.load(view, self.states[:batch_size], [0] * batch_size, batch_size)
+        return view
 
-    def __call__(self, batch_size: int) -> torch.Tensor:
-        return self.module(self.inputs(batch_size))
+    def __call__(self, batch_size: int) -> torch.Tensor | float:
+        if self.served:
+            return self.batcher.run(self.states[:batch_size], [0] * batch_size)
+        return self.batcher.call(batch_size)
 
 
 def build_module(
@@ -481,8 +645,10 @@ def build_module(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     weights: str = "random",
+    graphs: bool = False,
+    served: bool = False,
 ) -> ModuleRunner:
     """Build one module; the result runs one call of it at a given batch size."""
-    return ModuleRunner(
-        make_module(workload, module, size=size, device=device, dtype=dtype, weights=weights)
-    )
+    m = make_module(workload, module, size=size, device=device, dtype=dtype, weights=weights)
+    return ModuleRunner(m, get_program(workload).module(module).max_batch, graphs=graphs,
+                        served=served)

@@ -1,0 +1,184 @@
+"""LLM latency tables: measure engine steps through a real engine, write CSV + sidecar JSON.
+
+NOTE: the model of an LLM table (latency.LlmLatencyModel) is "one engine step costs what its
+prefill tokens and its decode batch cost". ``profile_engine`` measures both through a live engine
+(models/vllm_scheduler.VllmServer: vLLM with vLLM's own scheduler, synchronous, no prefix
+caching) on this machine, timing whole ``LLMEngine.step()`` calls on the wall clock, which is
+what a step of a live run costs (scheduling and output processing included):
+- prefill: ``b`` requests of ``L`` prompt tokens and one output token are submitted, then the one
+  step that prefills them all is timed; ``warmup`` untimed and ``repeats`` timed rounds, median;
+- decode: ``b`` requests of ``c`` prompt tokens and ``steps + 1`` output tokens are submitted and
+  prefilled (untimed), then each of the ``steps`` decode steps is timed; the row keeps the median
+  step and the mean total context over those steps (b x (c + i) at step i).
+The transformers profiler for GPUs without vLLM is models/opt.py; both write with
+``write_llm_table``, which adds the fitted coefficients to the sidecar.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from neustream.programs import get_llm_program
+
+COLUMNS = ["module", "batch_size", "tokens", "latency_s"]
+CPU_PREFILL_LENGTHS = (32, 64, 128, 256, 512)
+CPU_PREFILL_BATCHES = (1, 2, 4, 8, 16)
+CPU_DECODE_BATCHES = (1, 2, 4, 8, 16, 32, 64)
+CPU_DECODE_CONTEXTS = (64, 256, 512)
+
+
+def _timed_step(server) -> tuple[float, list]:
+    t = time.perf_counter()
+    out = server.step()
+    return time.perf_counter() - t, out
+
+
+def profile_engine(server, program, *, warmup: int = 1, repeats: int = 3, decode_steps: int = 8,
+                   max_prefill_tokens: int = 4096, lengths=CPU_PREFILL_LENGTHS,
+                   batches=CPU_PREFILL_BATCHES, decode_batches=CPU_DECODE_BATCHES,
+                   contexts=CPU_DECODE_CONTEXTS, log=sys.stderr) -> list[tuple[str, int, int, float]]:
+    """Rows (module, batch_size, tokens, latency_s) measured through ``server``."""
+    rows = []
+    n = 0
+
+    def submit(b: int, prompt: int, output: int) -> None:
+        nonlocal n
+        now = time.time()
+        for _ in range(b):
+            n += 1
+            server.submit(f"profile-{n}", prompt, output, now)
+
+    budget = min(max_prefill_tokens, program.max_num_batched_tokens)
+    for L in lengths:
+        for b in batches:
+            if b * L > budget or L >= program.max_model_len:
+                continue
+            times = []
+            for k in range(warmup + repeats):
+                submit(b, L, 1)
+                dur, _ = _timed_step(server)
+                while server.has_unfinished():  # nothing should be left; keep the engine clean
+                    server.step()
+                if k >= warmup:
+                    times.append(dur)
+            rows.append(("prefill", b, b * L, statistics.median(times)))
+            print(f"[profile-llm] prefill b={b} L={L}: {rows[-1][3] * 1e3:.2f} ms", file=log, flush=True)
+    for c in contexts:
+        for b in decode_batches:
+            if b > program.max_num_seqs or c + decode_steps + 1 > program.max_model_len:
+                continue
+            submit(b, c, decode_steps + 1)
+            got: dict[str, int] = {}
+            while len(got) < b or min(got.values()) < 1:  # prefill, possibly over several steps
+                for rid, k, _, _ in server.step():
+                    got[rid] = k
+            times = []
+            for _ in range(decode_steps):
+                dur, _ = _timed_step(server)
+                times.append(dur)
+            while server.has_unfinished():
+                server.step()
+            ctx = b * (c + 1 + (decode_steps - 1) / 2)  # mean over the steps of b x (c + i)
+            rows.append(("decode", b, round(ctx), statistics.median(times[1:] or times)))
+            print(f"[profile-llm] decode b={b} c={c}: {rows[-1][3] * 1e3:.2f} ms", file=log, flush=True)
+    return rows
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def profile_vllm(workload: str, *, device: str = "cpu", warmup: int = 1, repeats: int = 3,
+                 decode_steps: int = 8, model_dir: str | Path | None = None, log=sys.stderr):
+    """Measure ``workload``'s table through vLLM on this machine; a DataFrame with provenance."""
+    import tempfile
+
+    import pandas as pd
+
+    from neustream.models.opt import write_model_dir
+    from neustream.models.vllm_scheduler import VllmServer
+
+    program = get_llm_program(workload)
+    tmp = None
+    if model_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix=f"neustream-{workload}-")
+        model_dir = tmp.name
+    write_model_dir(program, model_dir, "float32" if device == "cpu" else "float16")
+    t0 = time.perf_counter()
+    server = VllmServer(model_dir, program, "vllm", device=device)
+    print(f"[profile-llm] {workload}: vLLM engine up in {time.perf_counter() - t0:.1f} s",
+          file=log, flush=True)
+    rows = profile_engine(server, program, warmup=warmup, repeats=repeats,
+                          decode_steps=decode_steps, log=log)
+    desc = server.describe()
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    df.attrs["provenance"] = {
+        "workload": workload, "engine": "vllm", "device": device,
+        "device_name": cpu_name() if device == "cpu" else device,
+        "dtype": "fp32" if device == "cpu" else "fp16",
+        "weights": "random (load_format=dummy, the catalog's config)",
+        "kv_capacity_tokens": desc["kv_capacity_tokens"], "engine_config": desc,
+        "method": {
+            "prefill": "wall time of the one LLMEngine.step() that prefills b prompts of L tokens "
+                       "(max_tokens=1); tokens = b x L",
+            "decode": f"wall time of each of {decode_steps} decode-only LLMEngine.step() calls of "
+                      "b sequences after a prompt of c tokens; median step, mean total context",
+            "statistic": f"prefill: median of {repeats} after {warmup} warm-up; decode: median step",
+            "timer": "time.perf_counter around LLMEngine.step()",
+            "env": {k: v for k, v in os.environ.items() if k.startswith("VLLM_")},
+        },
+        "versions": _versions(),
+        "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "host_cpu_count": os.cpu_count(),
+    }
+    if tmp is not None:
+        tmp.cleanup()
+    return df
+
+
+def _versions() -> dict:
+    import torch
+
+    v = {"python": platform.python_version(), "torch": torch.__version__}
+    try:
+        import vllm
+
+        v["vllm"] = vllm.__version__
+    except ImportError:
+        pass
+    return v
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_llm_table(df, csv_path: str | os.PathLike, provenance: dict | None = None) -> Path:
+    """Write the table and its sidecar (provenance + the fitted model); JSON first, both atomic."""
+    from neustream.latency import LlmLatencyModel
+
+    if list(df.columns) != COLUMNS:
+        raise ValueError(f"LLM latency table columns must be {','.join(COLUMNS)}, "
+                         f"got {','.join(map(str, df.columns))}")
+    rows = {m: [(int(b), int(t), float(s)) for _, b, t, s in g.itertuples(index=False)]
+            for m, g in df.groupby("module")}
+    fit = LlmLatencyModel(rows.get("prefill", []), rows.get("decode", []), source=str(csv_path))
+    prov = {**df.attrs.get("provenance", {}), **(provenance or {}), "fit": fit.describe()}
+    csv_path = Path(csv_path)
+    _atomic_write(csv_path.with_suffix(".json"), json.dumps(prov, indent=2) + "\n")
+    _atomic_write(csv_path, df.to_csv(index=False, float_format="%.6g"))
+    return csv_path
