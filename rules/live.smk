@@ -44,6 +44,12 @@ rule serve_live:
         system=live_constraint(LIVE_SYSTEMS),
     # Alone on the machine: a live run's deadlines assume the device is its own.
     threads: workflow.cores
+    resources:
+        mem_mb=16000,
+        runtime=60,
+        # The tiny CPU sweep (live.device == profile.device on a CPU) needs no GPU.
+        gpu=lambda wc: int(not (LIVE.get("device") == config["profile"]["device"]
+                                and config["profile"]["torch_device"] == "cpu")),
     conda:
         "../envs/diffusion.yaml"
     shell:

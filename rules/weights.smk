@@ -13,6 +13,9 @@ rule weights:
     wildcard_constraints:
         model="sd15|dit-xl2",
     cache: "omit-software"
+    resources:
+        mem_mb=2000,
+        runtime=120,  # a few GB from the hub
     conda:
         "../envs/diffusion.yaml"
     shell:
