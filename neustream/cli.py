@@ -33,11 +33,10 @@ def cmd_trace(a: argparse.Namespace) -> None:
     write_trace(a.out, make_trace(program, a.rate, a.cv, a.requests, a.seed))
 
 
-def cmd_simulate(a: argparse.Namespace) -> None:
-    from neustream.engine.sim import simulate
-    from neustream.latency import LatencyTable, capacity_rps
+def _serving_setup(a: argparse.Namespace):
+    """What `simulate` and `serve` share: checked settings, table, policy, requests."""
+    from neustream.latency import LatencyTable
     from neustream.policy import make_policy
-    from neustream.record import write_run
     from neustream.workload import check_positive, make_trace, read_trace, to_requests
 
     program = _workload(a.workload)
@@ -45,11 +44,17 @@ def cmd_simulate(a: argparse.Namespace) -> None:
     check_positive("cv", a.cv)
     table = LatencyTable.from_csv(a.latency, program)
     policy = make_policy(a.system, program, table, a.slo, a.step_delta)
-    if a.trace:
-        rows = read_trace(a.trace, program)
-    else:
-        rows = make_trace(program, a.rate, a.cv, a.requests, a.seed)
-    requests = to_requests(rows, program, table, a.slo)
+    rows = read_trace(a.trace, program) if a.trace else make_trace(
+        program, a.rate, a.cv, a.requests, a.seed)
+    return program, table, policy, to_requests(rows, program, table, a.slo)
+
+
+def cmd_simulate(a: argparse.Namespace) -> None:
+    from neustream.engine.sim import simulate
+    from neustream.latency import capacity_rps
+    from neustream.record import write_run
+
+    program, table, policy, requests = _serving_setup(a)
     mean_steps = sum(r.steps for r in requests) / len(requests)
     t0 = time.perf_counter()
 
@@ -86,20 +91,11 @@ def cmd_serve(a: argparse.Namespace) -> None:
     import torch
 
     from neustream.engine.live import LiveError, serve_to_dir
-    from neustream.latency import LatencyTable, capacity_rps
+    from neustream.latency import capacity_rps
     from neustream.models.server import DiffusionServer, table_modules
     from neustream.models.weights import WeightsError
-    from neustream.policy import make_policy
-    from neustream.workload import check_positive, make_trace, read_trace, to_requests
 
-    program = _workload(a.workload)
-    check_positive("rate", a.rate)
-    check_positive("cv", a.cv)
-    table = LatencyTable.from_csv(a.latency, program)
-    policy = make_policy(a.system, program, table, a.slo, a.step_delta)
-    rows = read_trace(a.trace, program) if a.trace else make_trace(
-        program, a.rate, a.cv, a.requests, a.seed)
-    requests = to_requests(rows, program, table, a.slo)
+    program, table, policy, requests = _serving_setup(a)
     mods = table_modules(a.latency)  # run the modules the table describes
     if a.graphs != "table":
         mods["graphs"] = a.graphs == "on"
