@@ -38,7 +38,9 @@ def aggregate(summary_paths: list[str | Path], out_csv: str | Path) -> pd.DataFr
     df = pd.DataFrame(rows)
     df["bound_rps"] = df[["offered_rps", "capacity_rps"]].min(axis=1)
     extra = [c for c in ("tokens_on_time", "token_goodput_tps", "tokens_requested",
-                         "token_attainment", "ttft_attainment", "pslo", "dslo") if c in df]
+                         "token_attainment", "ttft_attainment", "pslo", "dslo", "program",
+                         "devices") if c in df]
+    extra += sorted(c for c in df if c.startswith("tps_"))  # multi-agent: per LLM stage
     df = df[COLUMNS + extra].sort_values(
         ["workload", "sweep", "system", "rate", "cv", "slo", "seed"], ignore_index=True)
     out = Path(out_csv)
@@ -167,6 +169,44 @@ def plot_llm_sweep(table_csv: str | Path, workload: str, sweep: str, out_png: st
     ax2.set_ylabel("requests with every token on time (%)")
     ax2.set_ylim(0, 105)
     ax.legend(fontsize=6)
+    devices = ", ".join(sorted(df.device.astype(str).unique()))
+    fig.suptitle(f"{workload}: {sweep} sweep ({_fixed_point(df, sweep)}; {devices} tables)", fontsize=9)
+    fig.tight_layout()
+    _save(fig, out_png)
+
+
+def plot_agent_sweep(table_csv: str | Path, workload: str, sweep: str, out_png: str | Path) -> None:
+    """The artifact's Figure 17 row for one sweep, plus end to end: tokens on time per second
+    in each LLM stage (one panel each) and requests through every stage in time per second,
+    one line per system and backend (live solid, simulated dashed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    df = pd.read_csv(table_csv)
+    df = df[(df.workload == workload) & (df.sweep == sweep)]
+    stages = [c for c in df.columns if c.startswith("tps_") and df[c].notna().any()]
+    if df.empty or not stages:
+        raise ValueError(f"no multi-agent rows for workload {workload!r} and sweep {sweep!r} "
+                         f"in {table_csv}")
+    cols = stages + ["goodput_rps", "offered_rps"]
+    mean = df.groupby(["backend", "system", sweep], as_index=False)[cols].mean()
+    fig, axes = plt.subplots(1, len(stages) + 1, figsize=(3.1 * (len(stages) + 1), 3.2))
+    for (backend, system), g in mean.groupby(["backend", "system"]):
+        colour, marker = LLM_STYLE.get(system, (None, "x"))
+        ls = "--" if backend == "sim" else "-"
+        for ax, c in zip(axes, stages + ["goodput_rps"]):
+            ax.plot(g[sweep], g[c], ls, marker=marker, color=colour, label=f"{system} ({backend})")
+    offered = mean.groupby(sweep)["offered_rps"].max()
+    axes[-1].plot(offered.index, offered.values, "k:", lw=1, label="offered")
+    for ax, c in zip(axes, stages + ["goodput_rps"]):
+        ax.set_xlabel(LABELS[sweep])
+        ax.set_title(c.removeprefix("tps_") if c != "goodput_rps" else "end to end", fontsize=9)
+        ax.set_ylim(bottom=0)
+    axes[0].set_ylabel("goodput (tokens/s on time)")
+    axes[-1].set_ylabel("requests/s through every stage in time")
+    axes[-1].legend(fontsize=6)
     devices = ", ".join(sorted(df.device.astype(str).unique()))
     fig.suptitle(f"{workload}: {sweep} sweep ({_fixed_point(df, sweep)}; {devices} tables)", fontsize=9)
     fig.tight_layout()

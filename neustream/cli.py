@@ -24,11 +24,14 @@ def _device_of(latency_csv: str) -> str:
 
 
 def cmd_trace(a: argparse.Namespace) -> None:
+    from neustream.cli_agent import is_agent_workload, trace_agent
     from neustream.cli_llm import is_llm_workload, trace_llm
     from neustream.workload import make_trace, write_trace
 
     if is_llm_workload(a.workload):
         return trace_llm(a)
+    if is_agent_workload(a.workload):
+        return trace_agent(a)
     program = _workload(a.workload)
     write_trace(a.out, make_trace(program, a.rate, a.cv, a.requests, a.seed))
 
@@ -292,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     from neustream.cli_llm import add_llm_verbs
 
     add_llm_verbs(add)  # simulate-llm, serve-llm, profile-llm, plot-llm
+    from neustream.cli_agent import add_agent_verbs
+
+    add_agent_verbs(add)  # simulate-agent, serve-agent, plot-agent, exec-times
     return p
 
 

@@ -222,11 +222,14 @@ class LlmLatencyModel:
       plus the decode cost, with the smaller fixed cost counted once.
 
     Isolated (batch-1) times, the SLO's unit: ``prefill_alone_s(P)`` and ``decode_alone_s(c)``.
+    Optional ``vision`` rows (multimodal models: the image encoder and projector over
+    ``batch_size`` images) give ``vision_s(b)``, interpolated in b; 0 without them.
     ``meta`` is the sidecar JSON (provenance; ``kv_capacity_tokens`` when measured).
     """
 
     def __init__(self, prefill: list[tuple[int, int, float]], decode: list[tuple[int, int, float]],
-                 source: str = "<memory>", meta: dict | None = None) -> None:
+                 source: str = "<memory>", meta: dict | None = None,
+                 vision: list[tuple[int, int, float]] | None = None) -> None:
         import numpy as np
 
         self.source = source
@@ -237,6 +240,12 @@ class LlmLatencyModel:
             raise TableError(f"{source}: need decode rows, including batch_size 1")
         self.prefill_rows = sorted(prefill)
         self.decode_rows = sorted(decode)
+        self.vision_rows = sorted(vision or [])
+        by_b: dict[int, list[float]] = {}
+        for b, _, t in self.vision_rows:
+            by_b.setdefault(b, []).append(t)
+        self.vision_b = tuple(sorted(by_b))
+        self.vision_t = tuple(sorted(by_b[b])[len(by_b[b]) // 2] for b in self.vision_b)
         x = [(1.0, s, s * s / b) for b, s, _ in self.prefill_rows]
         self.theta = tuple(float(v) for v in _fit_relative(x, [t for *_, t in self.prefill_rows],
                                                            nonneg=(0, 1, 2)))
@@ -262,7 +271,7 @@ class LlmLatencyModel:
         path = Path(path)
         if not path.is_file():
             raise TableError(f"latency table {path} does not exist")
-        rows: dict[str, list[tuple[int, int, float]]] = {"prefill": [], "decode": []}
+        rows: dict[str, list[tuple[int, int, float]]] = {"prefill": [], "decode": [], "vision": []}
         with path.open(newline="") as f:
             numbered = [(n, line) for n, line in enumerate(f, start=1) if not line.startswith("#")]
             reader = csv.DictReader(line for _, line in numbered)
@@ -272,7 +281,8 @@ class LlmLatencyModel:
             for row in reader:
                 n = numbered[reader.line_num - 1][0]
                 if row["module"] not in rows:
-                    raise TableError(f"{path}:{n}: module must be prefill or decode, got {row['module']!r}")
+                    raise TableError(f"{path}:{n}: module must be prefill, decode or vision, "
+                                     f"got {row['module']!r}")
                 try:
                     b, tokens, s = int(row["batch_size"]), int(row["tokens"]), float(row["latency_s"])
                 except (TypeError, ValueError):
@@ -284,7 +294,8 @@ class LlmLatencyModel:
                 rows[row["module"]].append((b, tokens, s))
         side = path.with_suffix(".json")
         meta = json.loads(side.read_text()) if side.is_file() else {}
-        model = cls(rows["prefill"], rows["decode"], source=str(path), meta=meta)
+        model = cls(rows["prefill"], rows["decode"], source=str(path), meta=meta,
+                    vision=rows["vision"])
         if program is not None and meta.get("workload") not in (None, program.name):
             raise TableError(f"{path}: measured for workload {meta['workload']!r}, not {program.name!r}")
         return model
@@ -293,7 +304,8 @@ class LlmLatencyModel:
         with Path(path).open("w", newline="") as f:
             w = csv.writer(f)
             w.writerow(LLM_COLUMNS)
-            for module, rows in (("prefill", self.prefill_rows), ("decode", self.decode_rows)):
+            for module, rows in (("prefill", self.prefill_rows), ("decode", self.decode_rows),
+                                 ("vision", self.vision_rows)):
                 for b, tokens, s in rows:
                     w.writerow([module, b, tokens, repr(s)])
 
@@ -328,6 +340,20 @@ class LlmLatencyModel:
     def prefill_alone_s(self, prompt_tokens: int) -> float:
         """Isolated prefill of one prompt (the first-token SLO's unit)."""
         return self.prefill_s(prompt_tokens, prompt_tokens * prompt_tokens)
+
+    def vision_s(self, images: int) -> float:
+        """The image encoder over ``images`` images in one call (0 for text-only models or 0
+        images); linear between measured sizes, extended along the last two."""
+        sizes, secs = self.vision_b, self.vision_t
+        if images <= 0 or not sizes:
+            return 0.0
+        if len(sizes) == 1:
+            return secs[0] * images / sizes[0]
+        i = min(max(bisect.bisect_left(sizes, images), 1), len(sizes) - 1)
+        lo, hi = sizes[i - 1], sizes[i]
+        if images < lo:
+            return secs[0] * images / lo
+        return max(secs[i - 1] + (secs[i] - secs[i - 1]) * (images - lo) / (hi - lo), 0.0)
 
     def decode_intercept_s(self, batch_size: int) -> float:
         sizes, a = self.decode_sizes, self.decode_intercepts

@@ -69,13 +69,20 @@ def _write_lines(path: Path, rows: Iterable[dict]) -> None:
 
 def write_run(out_dir: str | Path, run: Run, settings: dict) -> dict:
     """Write the three files of a finished run; return the summary."""
+    rows = [request_row(r) for r in run.requests]
+    return write_records(out_dir, rows, run.batches, lambda: summarize(rows, settings))
+
+
+def write_records(out_dir: str | Path, requests: list[dict], batches: list[dict],
+                  make_summary) -> dict:
+    """The three files in order: any old summary removed first, requests and batches, then
+    ``make_summary()`` written last under a temporary name and renamed."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / SUMMARY).unlink(missing_ok=True)
-    rows = [request_row(r) for r in run.requests]
-    _write_lines(out / REQUESTS, rows)
-    _write_lines(out / BATCHES, run.batches)
-    summary = summarize(rows, settings)
+    _write_lines(out / REQUESTS, requests)
+    _write_lines(out / BATCHES, batches)
+    summary = make_summary()
     tmp = out / (SUMMARY + ".tmp")
     tmp.write_text(json.dumps(summary, indent=1) + "\n")
     os.replace(tmp, out / SUMMARY)
@@ -135,13 +142,35 @@ def summarize_llm(requests: list[dict], settings: dict) -> dict:
 def write_llm_run(out_dir: str | Path, requests: list[dict], batches: list[dict],
                   settings: dict) -> dict:
     """Write an LLM run's three files from its request rows (LlmRequest.row()); return the summary."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / SUMMARY).unlink(missing_ok=True)
-    _write_lines(out / REQUESTS, requests)
-    _write_lines(out / BATCHES, batches)
-    summary = summarize_llm(requests, settings)
-    tmp = out / (SUMMARY + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=1) + "\n")
-    os.replace(tmp, out / SUMMARY)
-    return summary
+    return write_records(out_dir, requests, batches, lambda: summarize_llm(requests, settings))
+
+
+# -- multi-agent runs ----------------------------------------------------------------------------
+
+
+def summarize_agent(requests: list[dict], settings: dict, program) -> dict:
+    """``summarize`` (end to end: ok = left the last stage in time) plus, per stage, counts and
+    goodputs (agent.stage_summary) and flat ``tps_<stage>`` columns for LLM stages."""
+    from neustream.agent import stage_summary
+
+    s = summarize(requests, settings)
+    stages = stage_summary(program, requests, s["span_s"])
+    on_time = sum(r["tokens_on_time"] for r in requests)
+    return {
+        **s,
+        "tokens_requested": sum(r["output_tokens"] for r in requests),
+        "tokens_on_time": on_time,
+        "token_goodput_tps": on_time / s["span_s"] if s["span_s"] > 0 else 0.0,
+        **{f"tps_{name}": d["token_goodput_tps"] for name, d in stages.items()
+           if "token_goodput_tps" in d},
+        "dropped_at": {name: sum(1 for r in requests if r.get("dropped_at") == name)
+                       for name in stages},
+        "stages": stages,
+    }
+
+
+def write_agent_run(out_dir: str | Path, requests: list[dict], batches: list[dict],
+                    settings: dict, program) -> dict:
+    """Write a multi-agent run's three files (AgentRequest.row_out rows); return the summary."""
+    return write_records(out_dir, requests, batches,
+                         lambda: summarize_agent(requests, settings, program))

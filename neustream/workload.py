@@ -198,3 +198,93 @@ def to_llm_requests(rows: list[dict], model, pslo: float, dslo: float):
                               prompt_tokens=row["prompt_tokens"], output_tokens=row["output_tokens"],
                               pslo=pslo, dslo=dslo, ttft_s=ttft, step0_s=step0, step_inc_s=inc))
     return out
+
+
+# -- multi-agent traces ---------------------------------------------------------------------------
+# One row per request: arrival, the plotting program its code stages run, and the forced prompt
+# and output tokens of each LLM stage (programs.Lengths says how they are drawn, from [seed, 2]).
+
+
+def agent_columns(program) -> list[str]:
+    cols = ["id", "arrival_s", "plot"]
+    for s in program.llm_stages:
+        cols += [f"{s.name}_prompt", f"{s.name}_output"]
+    return cols
+
+
+def _beta_tokens(rng: np.random.Generator, lo: int, hi: int, ab: tuple[float, float], n: int):
+    return np.rint(lo + (hi - lo) * rng.beta(ab[0], ab[1], n)).astype(int)
+
+
+def make_agent_trace(program, rate: float, cv: float, n: int, seed: int,
+                     plots: list[str]) -> list[dict]:
+    """``n`` requests of the multi-agent ``program`` (programs.AgentProgram); each gets one of
+    ``plots`` (names of the shipped plotting programs) uniformly at random."""
+    from neustream.programs import get_llm_program, image_tokens
+
+    if not plots:
+        raise ValueError("make_agent_trace: no plotting programs to draw from")
+    arrivals = gamma_arrivals(rate, cv, n, seed)
+    rng = np.random.default_rng([seed, 2])
+    L = program.lengths
+    query = np.clip(np.rint(rng.normal(L.query_mean, L.query_sd, n)), L.query_lo, L.query_hi).astype(int)
+    code = _beta_tokens(rng, L.code_lo, L.code_hi, L.code_beta, n)
+    feedback = _beta_tokens(rng, L.feedback_lo, L.feedback_hi, L.feedback_beta, n)
+    refined = _beta_tokens(rng, L.code_lo, L.code_hi, L.code_beta, n)
+    plot = rng.integers(0, len(plots), n)
+    first, vision, second = program.llm_stages
+    img = vision.images * image_tokens(get_llm_program(vision.model).config)
+    rows = []
+    for i in range(n):
+        rows.append({
+            "id": i, "arrival_s": float(arrivals[i]), "plot": plots[plot[i]],
+            f"{first.name}_prompt": int(L.code_template + query[i]),
+            f"{first.name}_output": int(code[i]),
+            f"{vision.name}_prompt": int(img + L.feedback_template + round(L.code_fraction * code[i])),
+            f"{vision.name}_output": int(feedback[i]),
+            f"{second.name}_prompt": int(L.code_template + feedback[i]),
+            f"{second.name}_output": int(refined[i]),
+        })
+    return rows
+
+
+def read_agent_trace(path: str | Path, program) -> list[dict]:
+    """Read and check a multi-agent trace CSV (agent_columns(program))."""
+    from neustream.programs import get_llm_program
+
+    path = Path(path)
+    if not path.is_file():
+        raise TraceError(f"trace {path} does not exist")
+    cols = agent_columns(program)
+    rows, seen, last = [], set(), -math.inf
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in cols if c not in (reader.fieldnames or ())]
+        if missing:
+            raise TraceError(f"{path}: missing column(s) {', '.join(missing)}")
+        for n, raw in enumerate(reader, start=2):
+            try:
+                row = {k: (float(raw[k]) if k == "arrival_s" else raw[k] if k == "plot" else int(raw[k]))
+                       for k in cols}
+            except (TypeError, ValueError):
+                raise TraceError(f"{path}:{n}: non-numeric field in {raw}") from None
+            if row["id"] in seen:
+                raise TraceError(f"{path}:{n}: duplicate id {row['id']}")
+            if not (math.isfinite(row["arrival_s"]) and row["arrival_s"] >= max(last, 0.0)):
+                raise TraceError(f"{path}:{n}: arrival_s must be >= 0 and non-decreasing")
+            if not row["plot"]:
+                raise TraceError(f"{path}:{n}: empty plot name")
+            for s in program.llm_stages:
+                p, o = row[f"{s.name}_prompt"], row[f"{s.name}_output"]
+                limit = get_llm_program(s.model).max_model_len
+                if p < 1 or o < 1:
+                    raise TraceError(f"{path}:{n}: {s.name}_prompt and {s.name}_output must be >= 1")
+                if p + o > limit:
+                    raise TraceError(f"{path}:{n}: {s.name} prompt + output {p + o} exceeds "
+                                     f"{s.model}'s max_model_len {limit}")
+            seen.add(row["id"])
+            last = row["arrival_s"]
+            rows.append(row)
+    if not rows:
+        raise TraceError(f"{path}: no requests")
+    return rows
