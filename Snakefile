@@ -19,6 +19,7 @@ include: "rules/traces.smk"
 include: "rules/serve.smk"
 include: "rules/live.smk"
 include: "rules/llm.smk"
+include: "rules/agent.smk"
 include: "rules/aggregate.smk"
 
 

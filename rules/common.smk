@@ -34,7 +34,12 @@ def fmt(x):
 
 def settings(workload):
     """{(rate, cv, slo): [sweeps it belongs to]} for one workload, as path strings."""
-    spec = config["workloads"][workload]
+    return points(config["workloads"][workload])
+
+
+def points(spec):
+    """{(rate, cv, slo): [sweeps]} of a workload spec (default point + sweeps), as path
+    strings; the default point alone when no sweep is given."""
     point = {p: fmt(spec["default"][p]) for p in SWEEPS}
     out = {}
     for sweep in SWEEPS:
@@ -58,7 +63,7 @@ def all_summaries():
         for (rate, cv, slo) in settings(w)
         for s in config["systems"]
         for seed in config["seeds"]
-    ] + llm_summaries()
+    ] + llm_summaries() + agent_summaries()
 
 
 def sweeps_of(wildcards):
@@ -93,7 +98,7 @@ def final_outputs():
     ]
     batches = [f"results/figures/{w}_batches.png" for w in config["workloads"]]
     return (["results/tables/goodput.csv"] + figures + batches + llm_figures()
-            + live_outputs())
+            + live_outputs() + agent_figures())
 
 
 # -- LLM workloads (config["llm"]: "live" runs through vLLM here, "sim" runs on tables) ---------
@@ -114,17 +119,7 @@ NEVER = "(?!x)x"  # a wildcard constraint that matches nothing
 
 
 def llm_points(workload):
-    """{(rate, cv, slo): [sweeps]} of one LLM workload, as path strings (as settings())."""
-    spec = LLM_WORKLOADS[workload]
-    point = {p: fmt(spec["default"][p]) for p in SWEEPS}
-    out = {}
-    for sweep in SWEEPS:
-        for value in spec.get(sweep) or []:
-            key = tuple(fmt(value) if p == sweep else point[p] for p in SWEEPS)
-            out.setdefault(key, []).append(sweep)
-    if not out:
-        out[tuple(point[p] for p in SWEEPS)] = []
-    return out
+    return points(LLM_WORKLOADS[workload])
 
 
 def llm_backends(workload):
@@ -205,16 +200,7 @@ def live_constraint(names):
 
 
 def live_points(workload):
-    spec = LIVE_WORKLOADS[workload]
-    point = {p: fmt(spec["default"][p]) for p in SWEEPS}
-    out = {}
-    for sweep in SWEEPS:
-        for value in spec.get(sweep) or []:
-            key = tuple(fmt(value) if p == sweep else point[p] for p in SWEEPS)
-            out.setdefault(key, []).append(sweep)
-    if not out:
-        out[tuple(point[p] for p in SWEEPS)] = []
-    return out
+    return points(LIVE_WORKLOADS[workload])
 
 
 def live_runs():
@@ -261,6 +247,85 @@ def live_outputs():
         if spec.get(sweep)
     ]
     return ["results/tables/goodput_live.csv", "results/tables/fidelity.csv"] + figures
+
+
+# -- Multi-agent workloads (config["agent"]) ---------------------------------------------------
+# A workload key is a label: `program` names the pipeline (default: the label itself), so one
+# pipeline can run under two placements (e.g. four GPUs and one) side by side.
+
+AGENT = config.get("agent") or {}
+AGENT_LIVE = AGENT.get("live") or {}
+AGENT_SIM = AGENT.get("sim") or {}
+AGENT_LIVE_WORKLOADS = dict(AGENT_LIVE.get("workloads") or {})
+AGENT_SIM_WORKLOADS = dict(AGENT_SIM.get("workloads") or {})
+_both = sorted(set(AGENT_LIVE_WORKLOADS) & set(AGENT_SIM_WORKLOADS))
+if _both:
+    raise ValueError(f"agent: workload(s) {', '.join(_both)} under both live and sim")
+AGENT_WORKLOADS = {**AGENT_LIVE_WORKLOADS, **AGENT_SIM_WORKLOADS}
+_clash = sorted(set(AGENT_WORKLOADS) & (set(config["workloads"]) | set(LLM_WORKLOADS)))
+if _clash:
+    raise ValueError(f"agent: workload label(s) {', '.join(_clash)} also used by another section")
+AGENT_SYSTEMS = AGENT.get("systems") or ["neustream-llm", "vllm-054", "vllm"]
+AGENT_SEEDS = AGENT.get("seeds") or [0]
+
+
+def agent_program(label):
+    return AGENT_WORKLOADS[label].get("program", label)
+
+
+def agent_backends(label):
+    if label in AGENT_LIVE_WORKLOADS:
+        return ["live", "sim"] if AGENT_LIVE.get("simulate", True) else ["live"]
+    return ["sim"]
+
+
+def agent_summaries():
+    return [
+        f"{run_dir(w, s, rate, cv, slo, seed, backend)}/summary.json"
+        for w in AGENT_WORKLOADS
+        for backend in agent_backends(w)
+        for (rate, cv, slo) in points(AGENT_WORKLOADS[w])
+        for s in AGENT_SYSTEMS
+        for seed in AGENT_SEEDS
+    ]
+
+
+def agent_figures():
+    return [
+        f"results/figures/{w}_{sweep}.png"
+        for w, spec in AGENT_WORKLOADS.items()
+        for sweep in SWEEPS
+        if spec.get(sweep)
+    ]
+
+
+def agent_sweeps_of(wildcards):
+    return ",".join(points(AGENT_WORKLOADS[wildcards.workload]).get(
+        (wildcards.rate, wildcards.cv, wildcards.slo), []))
+
+
+def agent_requests(wildcards):
+    live = wildcards.workload in AGENT_LIVE_WORKLOADS
+    return (AGENT_LIVE if live else AGENT_SIM).get("requests", 20 if live else 300)
+
+
+def agent_device(label):
+    if label in AGENT_LIVE_WORKLOADS:
+        return AGENT_LIVE.get("device", "local-vllm")
+    return AGENT_SIM_WORKLOADS[label].get("device", config["device"])
+
+
+def agent_tables(wildcards):
+    """The LLM tables of the pipeline's models and the measured code-execution times."""
+    from neustream.programs import get_agent_program
+
+    d = f"{config['latency_dir']}/{agent_device(wildcards.workload)}"
+    models = sorted({s.model for s in get_agent_program(agent_program(wildcards.workload)).llm_stages})
+    return {"tables": [f"{d}/{m}.csv" for m in models], "exec_times": f"{d}/exec-times.csv"}
+
+
+def agent_placement(wildcards):
+    return AGENT_WORKLOADS[wildcards.workload].get("placement", "spread")
 
 
 wildcard_constraints:
