@@ -157,6 +157,13 @@ def cmd_profile_llm(a: argparse.Namespace) -> None:
     if a.engine == "vllm":
         df = profile_vllm(a.workload, device=a.device, warmup=a.warmup, repeats=a.repeats,
                           decode_steps=a.decode_steps)
+    elif a.tensor_parallel > 1:  # N spawned processes; rank 0 writes the table itself
+        from neustream.models.tp import profile_tp
+
+        profile_tp(a.workload, a.tensor_parallel, a.out, device=a.device, dtype=a.dtype,
+                   warmup=a.warmup, repeats=a.repeats,
+                   command=shlex.join(["neustream", *a.argv]))
+        return
     else:
         from neustream.models.opt import profile_transformers
 
@@ -214,6 +221,8 @@ def add_llm_verbs(add) -> None:
     q.add_argument("--warmup", type=int, default=1)
     q.add_argument("--repeats", type=int, default=3)
     q.add_argument("--decode-steps", type=int, default=8)
+    q.add_argument("--tensor-parallel", type=int, default=1,
+                   help="transformers engine: shard over N GPUs (models/tp.py; gloo on cpu)")
     q.add_argument("--out", required=True)
 
     q = add("plot-llm", cmd_plot_llm, "token goodput against one swept parameter, per system and backend")

@@ -20,7 +20,8 @@ NOTE on the method, meant to approximate vLLM's engine steps:
 - each point: warm-up calls, then the median of timed calls. No sampling and no scheduler or
   output processing: vLLM adds about 1-3 ms of host work per step on top.
 ``python -m neustream.models.opt --workload opt-13b --out T.csv`` runs it on a bare GPU machine
-(torch, transformers, numpy and pandas are enough).
+(torch, transformers, numpy and pandas are enough); ``--tensor-parallel N`` hands off to
+models/tp.py (Megatron-style shards over N GPUs in N spawned processes, e.g. OPT-66B at N=4).
 """
 
 from __future__ import annotations
@@ -269,8 +270,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-prefill-tokens", type=int, default=8192)
     ap.add_argument("--max-context-tokens", type=int, default=32768)
     ap.add_argument("--no-graphs", action="store_true")
+    ap.add_argument("--tensor-parallel", type=int, default=1,
+                    help="N > 1: shard over N GPUs (N processes, neustream.models.tp)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
+    if a.tensor_parallel != 1:
+        from neustream.models.tp import main as tp_main
+
+        return tp_main([*(argv if argv is not None else sys.argv[1:])])
     df = profile_transformers(a.workload, device=a.device, dtype=a.dtype, warmup=a.warmup,
                               repeats=a.repeats, max_prefill_tokens=a.max_prefill_tokens,
                               max_context_tokens=a.max_context_tokens, graphs=not a.no_graphs)
