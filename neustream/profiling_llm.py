@@ -10,13 +10,22 @@ what a step of a live run costs (scheduling and output processing included):
 - decode: ``b`` requests of ``c`` prompt tokens and ``steps + 1`` output tokens are submitted and
   prefilled (untimed), then each of the ``steps`` decode steps is timed; the row keeps the median
   step and the mean total context over those steps (b x (c + i) at step i).
-The transformers profiler for GPUs without vLLM is models/opt.py; both write with
-``write_llm_table``, which adds the fitted coefficients to the sidecar.
+- vision (LLaVA): vLLM runs the image encoder inside the prefill step, so it cannot be timed
+  through ``step()`` alone; ``b`` random images at the tower's resolution are run through the
+  engine's own vision tower and projector (``VllmServer.encode_images``, what vLLM's encoder pass
+  runs), median of ``repeats`` after ``warmup``; row ``vision, b, b x image_tokens, seconds``.
+  The prefill rows stay text-only (the language model's cost). A few prefill steps with images
+  are also timed and kept in the sidecar (``image_prefill_check``) next to text prefill +
+  vision, to show how far the sum is from a real image prefill. Image preprocessing (PIL resize
+  and normalise) runs in ``submit`` on the host, outside any step, and is in no row.
+The transformers profilers for GPUs without vLLM are models/opt.py and models/llama.py; all
+write with ``write_llm_table``, which adds the fitted coefficients to the sidecar.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 import os
 import platform
@@ -32,6 +41,7 @@ CPU_PREFILL_LENGTHS = (32, 64, 128, 256, 512)
 CPU_PREFILL_BATCHES = (1, 2, 4, 8, 16)
 CPU_DECODE_BATCHES = (1, 2, 4, 8, 16, 32, 64)
 CPU_DECODE_CONTEXTS = (64, 256, 512)
+VISION_BATCHES = (1, 2, 4, 8, 16)
 
 
 def _timed_step(server) -> tuple[float, list]:
@@ -91,6 +101,68 @@ def profile_engine(server, program, *, warmup: int = 1, repeats: int = 3, decode
     return rows
 
 
+def profile_vision(server, program, *, warmup: int = 1, repeats: int = 3,
+                   batches=VISION_BATCHES, log=sys.stderr) -> list[tuple[str, int, int, float]]:
+    """Rows (vision, b, b x image_tokens, latency_s) of the engine's image encoder (LLaVA)."""
+    import torch
+
+    per_image = server.image_tokens
+    # vLLM's encoder budget per step is max_num_batched_tokens image tokens.
+    top = max(1, program.max_num_batched_tokens // per_image)
+    rows = []
+    for b in batches:
+        if b > top or b > program.max_num_seqs:
+            continue
+        times = []
+        for k in range(warmup + repeats):
+            t = time.perf_counter()
+            server.encode_images(b)
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            if k >= warmup:
+                times.append(time.perf_counter() - t)
+        rows.append(("vision", b, b * per_image, statistics.median(times)))
+        print(f"[profile-llm] vision b={b}: {rows[-1][3] * 1e3:.2f} ms", file=log, flush=True)
+    return rows
+
+
+def image_prefill_check(server, program, *, batches=(1, 4), text_tokens: int = 48,
+                        repeats: int = 3) -> list[dict]:
+    """Median wall times of a prefill step of b prompts that each carry one image (L = image
+    tokens + ``text_tokens``), of the same step text-only, and of the encoder on b images: how
+    far text prefill + vision is from a real image prefill."""
+    from PIL import Image
+
+    size = program.config["vision_config"]["image_size"]
+    image = Image.new("RGB", (size, size), (200, 120, 40))
+    L = server.image_tokens + text_tokens
+    out = []
+    n = 0
+
+    def prefill(b: int, with_image: bool) -> float:
+        nonlocal n
+        times = []
+        for _ in range(1 + repeats):
+            now = time.time()
+            for _ in range(b):
+                n += 1
+                server.submit(f"image-check-{n}", L, 1, now, image=image if with_image else None)
+            dur, _ = _timed_step(server)
+            while server.has_unfinished():
+                server.step()
+            times.append(dur)
+        return statistics.median(times[1:])
+
+    for b in batches:
+        if b * L > program.max_num_batched_tokens or b > program.max_num_seqs:
+            continue
+        vision = profile_vision(server, program, warmup=1, repeats=repeats, batches=(b,),
+                                log=io.StringIO())[0][3]
+        out.append({"batch_size": b, "tokens": b * L, "image_prefill_s": prefill(b, True),
+                    "text_prefill_s": prefill(b, False), "vision_s": vision})
+    return out
+
+
 def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -121,7 +193,12 @@ def profile_vllm(workload: str, *, device: str = "cpu", warmup: int = 1, repeats
           file=log, flush=True)
     rows = profile_engine(server, program, warmup=warmup, repeats=repeats,
                           decode_steps=decode_steps, log=log)
+    check = None
+    if program.arch == "llava":
+        rows += profile_vision(server, program, warmup=warmup, repeats=repeats, log=log)
+        check = image_prefill_check(server, program, repeats=repeats)
     desc = server.describe()
+    server.close()
     df = pd.DataFrame(rows, columns=COLUMNS)
     df.attrs["provenance"] = {
         "workload": workload, "engine": "vllm", "device": device,
@@ -136,12 +213,18 @@ def profile_vllm(workload: str, *, device: str = "cpu", warmup: int = 1, repeats
                       "b sequences after a prompt of c tokens; median step, mean total context",
             "statistic": f"prefill: median of {repeats} after {warmup} warm-up; decode: median step",
             "timer": "time.perf_counter around LLMEngine.step()",
+            **({"vision": "the engine's own CLIP tower + projector (VllmServer.encode_images) on "
+                          "b random images at the tower's resolution; median of "
+                          f"{repeats} after {warmup} warm-up; prefill rows are text-only"}
+               if program.arch == "llava" else {}),
             "env": {k: v for k, v in os.environ.items() if k.startswith("VLLM_")},
         },
         "versions": _versions(),
         "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "host_cpu_count": os.cpu_count(),
     }
+    if check is not None:
+        df.attrs["provenance"]["image_prefill_check"] = check
     if tmp is not None:
         tmp.cleanup()
     return df
@@ -176,7 +259,8 @@ def write_llm_table(df, csv_path: str | os.PathLike, provenance: dict | None = N
                          f"got {','.join(map(str, df.columns))}")
     rows = {m: [(int(b), int(t), float(s)) for _, b, t, s in g.itertuples(index=False)]
             for m, g in df.groupby("module")}
-    fit = LlmLatencyModel(rows.get("prefill", []), rows.get("decode", []), source=str(csv_path))
+    fit = LlmLatencyModel(rows.get("prefill", []), rows.get("decode", []), source=str(csv_path),
+                          vision=rows.get("vision"))
     prov = {**df.attrs.get("provenance", {}), **(provenance or {}), "fit": fit.describe()}
     csv_path = Path(csv_path)
     _atomic_write(csv_path.with_suffix(".json"), json.dumps(prov, indent=2) + "\n")

@@ -44,11 +44,20 @@ DECODE_CONTEXTS = (128, 512, 1024, 1536)
 
 
 def write_model_dir(program, path: str | Path, dtype: str = "float32") -> Path:
-    """A model folder vLLM can load with dummy weights: just config.json."""
+    """A model folder vLLM can load offline with dummy weights: config.json for every family
+    (opt, llama, llava); llava adds the tokenizer and processor files its multimodal processor
+    needs (models/llava.py). config.json is written last, so a folder that has it is complete."""
+    if program.arch not in ("opt", "llama", "llava"):
+        raise ValueError(f"{program.name}: no vLLM model folder for model family {program.arch!r}")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     cfg = {**program.config, "torch_dtype": dtype, "dtype": dtype, "use_cache": True,
            "_name_or_path": program.hf_name}
+    if program.arch == "llava":
+        from neustream.models.llava import write_processor
+
+        cfg["text_config"] = {**cfg["text_config"], "torch_dtype": dtype, "dtype": dtype}
+        write_processor(program, path)
     tmp = path / "config.json.tmp"
     tmp.write_text(json.dumps(cfg, indent=1) + "\n")
     os.replace(tmp, path / "config.json")
