@@ -80,6 +80,7 @@ class AgentRequest:
     status: Status = Status.QUEUED
     finish_s: float | None = None
     dropped_at: str | None = None
+    image: object = None  # live runs: the image its last code stage produced
 
     def row_out(self, token_times: bool = False) -> dict:
         last = self.visits[-1] if self.visits else None

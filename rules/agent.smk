@@ -43,7 +43,7 @@ rule simulate_agent:
         out=lambda wc, output: os.path.dirname(output.summary),
     wildcard_constraints:
         workload=llm_constraint(AGENT_WORKLOADS),
-        system=llm_constraint(AGENT_SYSTEMS),
+        system=llm_constraint({*AGENT_SYSTEMS, *(AGENT_LIVE.get('systems') or [])}),
     resources:
         mem_mb=2000,
         runtime=30,
@@ -56,6 +56,61 @@ rule simulate_agent:
         " --cv {wildcards.cv} --slo {wildcards.slo} --seed {wildcards.seed}"
         " --placement {params.placement} --pred-steps {params.pred_steps}"
         " --sweeps '{params.sweeps}' --out {params.out} > {log} 2>&1"
+
+
+rule exec_times:
+    output:
+        table=f"{config['latency_dir']}/{{device}}/exec-times.csv",
+        provenance=f"{config['latency_dir']}/{{device}}/exec-times.json",
+    log:
+        "results/logs/exec_times/{device}.log",
+    wildcard_constraints:
+        device=re.escape(AGENT_LIVE.get("device", "local-vllm")),
+    # Alone on the machine: run times measured next to other jobs would be theirs too.
+    threads: workflow.cores
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    conda:
+        "../envs/llm.yaml"
+    shell:
+        "neustream exec-times --repeats 3 --out {output.table} > {log} 2>&1"
+
+
+rule serve_agent:
+    input:
+        unpack(agent_tables),
+        trace="results/traces/{workload}/rate={rate}_cv={cv}_seed={seed}.csv",
+    output:
+        requests="results/runs/live/{workload}/{system}/rate={rate}_cv={cv}_slo={slo}_seed={seed}/requests.jsonl",
+        batches="results/runs/live/{workload}/{system}/rate={rate}_cv={cv}_slo={slo}_seed={seed}/batches.jsonl",
+        summary="results/runs/live/{workload}/{system}/rate={rate}_cv={cv}_slo={slo}_seed={seed}/summary.json",
+    log:
+        "results/logs/serve_agent/{workload}/{system}/rate={rate}_cv={cv}_slo={slo}_seed={seed}.log",
+    params:
+        program=lambda wc: agent_program(wc.workload),
+        sweeps=agent_sweeps_of,
+        pred_steps=AGENT.get("pred_steps", 30),
+        engine_device=AGENT_LIVE.get("engine_device", "cpu"),
+        latency_dir=lambda wc, input: os.path.dirname(input.exec_times),
+        out=lambda wc, output: os.path.dirname(output.summary),
+    wildcard_constraints:
+        workload=llm_constraint(AGENT_LIVE_WORKLOADS),
+        system=llm_constraint({*AGENT_SYSTEMS, *(AGENT_LIVE.get('systems') or [])}),
+    # Alone on the machine: a live run's SLOs assume the device is its own.
+    threads: workflow.cores
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    conda:
+        "../envs/llm.yaml"
+    shell:
+        "neustream serve-agent --workload {params.program} --label {wildcards.workload}"
+        " --system {wildcards.system} --latency-dir {params.latency_dir}"
+        " --trace {input.trace} --rate {wildcards.rate} --cv {wildcards.cv}"
+        " --slo {wildcards.slo} --seed {wildcards.seed} --pred-steps {params.pred_steps}"
+        " --engine-device {params.engine_device} --sweeps '{params.sweeps}'"
+        " --out {params.out} > {log} 2>&1"
 
 
 rule plot_agent:

@@ -285,9 +285,15 @@ def agent_summaries():
         for w in AGENT_WORKLOADS
         for backend in agent_backends(w)
         for (rate, cv, slo) in points(AGENT_WORKLOADS[w])
-        for s in AGENT_SYSTEMS
+        for s in agent_systems(w)
         for seed in AGENT_SEEDS
     ]
+
+
+def agent_systems(label):
+    if label in AGENT_LIVE_WORKLOADS:
+        return AGENT_LIVE.get("systems") or AGENT_SYSTEMS
+    return AGENT_SYSTEMS
 
 
 def agent_figures():
@@ -325,7 +331,19 @@ def agent_tables(wildcards):
 
 
 def agent_placement(wildcards):
+    """Live pipelines run every engine on this machine's one device: their simulation shares
+    one device too."""
+    if wildcards.workload in AGENT_LIVE_WORKLOADS:
+        return "shared"
     return AGENT_WORKLOADS[wildcards.workload].get("placement", "spread")
+
+
+def agent_live_models():
+    """LLM models of the live pipelines: the profile_llm rule measures them here."""
+    from neustream.programs import get_agent_program
+
+    return sorted({s.model for w in AGENT_LIVE_WORKLOADS
+                   for s in get_agent_program(agent_program(w)).llm_stages})
 
 
 wildcard_constraints:

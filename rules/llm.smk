@@ -12,8 +12,9 @@ rule profile_llm:
     params:
         engine_device=LLM_LIVE.get("engine_device", "cpu"),
     wildcard_constraints:
-        device=re.escape(LLM_LIVE.get("device", "local-vllm")),
-        workload=llm_constraint(LLM_LIVE_WORKLOADS),
+        device="|".join(map(re.escape, {LLM_LIVE.get("device", "local-vllm"),
+                                        AGENT_LIVE.get("device", "local-vllm")})),
+        workload=llm_constraint([*LLM_LIVE_WORKLOADS, *agent_live_models()]),
     # Alone on the machine: step times measured next to other jobs would be theirs too.
     threads: workflow.cores
     resources:
