@@ -237,7 +237,8 @@ def _capture(fn, device):
 def profile_llama(workload: str, *, device: str = "cuda", dtype: str = "fp16", warmup: int = 2,
                   repeats: int = 5, max_context_tokens: int = 98304, graphs: bool = True,
                   lengths=PREFILL_LENGTHS, batches=PREFILL_BATCHES, decode_batches=DECODE_BATCHES,
-                  contexts=DECODE_CONTEXTS, vision_batches=VISION_BATCHES, log=sys.stderr):
+                  contexts=DECODE_CONTEXTS, vision_batches=VISION_BATCHES,
+                  prefill_graph_tokens: int = 512, log=sys.stderr):
     """Measure prefill, decode (and, for LLaVA, vision) calls of ``workload``; a DataFrame
     (module, batch_size, tokens, latency_s) with ``attrs["provenance"]``."""
     import pandas as pd
@@ -269,10 +270,23 @@ def profile_llama(workload: str, *, device: str = "cuda", dtype: str = "fp16", w
         for b, L in prefill_grid(budget, program.max_model_len, lengths, batches):
             ids = torch.randint(3, program.vocab_size, (b, L), device=dev, generator=gen)
             cache = kv_cache(model, b, L, dev, tdtype, fill=False)
-            t = _time(lambda: forward_step(model, ids, 0, cache), dev, warmup, repeats)
+
+            def prefill():
+                return forward_step(model, ids, 0, cache)
+
+            fn, graph, note = prefill, None, ""
+            if graphs and b * L <= prefill_graph_tokens:  # as vLLM's piecewise graphs do
+                try:
+                    graph = _capture(prefill, dev)
+                    fn, note = graph.replay, " (graph)"
+                except Exception as e:
+                    graph_failures.append(f"prefill b={b} L={L}: {type(e).__name__}: {e}"[:300])
+                    torch.cuda.synchronize(dev)
+            t = _time(fn, dev, warmup, repeats)
             rows.append(("prefill", b, b * L, statistics.median(t)))
-            print(f"[profile-llm] prefill b={b} L={L}: {rows[-1][3] * 1e3:.2f} ms", file=log, flush=True)
-            cache = None  # free it before the next point's cache is made
+            print(f"[profile-llm] prefill b={b} L={L}{note}: {rows[-1][3] * 1e3:.2f} ms", file=log,
+                  flush=True)
+            cache = graph = fn = None  # free it before the next point's cache is made
         for b, c in decode_grid(max_context_tokens, program.max_num_seqs, program.max_model_len,
                                 decode_batches, contexts):
             cache = kv_cache(model, b, c + 1, dev, tdtype, fill=True)
@@ -308,7 +322,9 @@ def profile_llama(workload: str, *, device: str = "cuda", dtype: str = "fp16", w
                  "neustream.models.llama.forward_step (static KV cache of our own, rotary "
                  "embeddings from the model's rotary_emb, SDPA, logits of the last position only)",
         "prefill": "one step of b equal prompts of L token ids into a fresh cache; tokens = b x L "
-                   f"<= {budget}",
+                   f"<= {budget}; " + (f"replayed from a CUDA graph when b x L <= "
+                                       f"{prefill_graph_tokens} (vLLM V1 captures piecewise graphs "
+                                       "up to 512 tokens), eager above" if graphs else "eager"),
         "decode": ("one step of one token per sequence at position c of a cache of c+1 random "
                    "slots, " + ("replayed from a CUDA graph" if graphs else "eager")
                    + "; tokens = b x (c+1)"),
