@@ -95,7 +95,7 @@ def cmd_serve(a: argparse.Namespace) -> None:
 
     from neustream.engine.live import LiveError, serve_to_dir
     from neustream.latency import capacity_rps
-    from neustream.models.server import DiffusionServer, table_modules
+    from neustream.models.server import DiffusionServer, parse_placement, table_modules
     from neustream.models.weights import WeightsError
 
     program, table, policy, requests = _serving_setup(a)
@@ -108,7 +108,8 @@ def cmd_serve(a: argparse.Namespace) -> None:
         server = DiffusionServer(
             a.workload, {m: policy.cap(m) for m in program.module_names}, size=mods["size"],
             device=mods["device"], dtype=mods["dtype"], graphs=mods["graphs"], weights=a.weights,
-            weights_dir=a.weights_dir, seed=a.seed, max_requests=len(requests))
+            weights_dir=a.weights_dir, seed=a.seed, max_requests=len(requests),
+            placement=parse_placement(a.placement) if a.placement else None)
     except WeightsError as e:
         raise SystemExit(f"neustream serve: error: {e}") from None
     server.prepare()
@@ -129,7 +130,7 @@ def cmd_serve(a: argparse.Namespace) -> None:
 
     try:
         s = serve_to_dir(a.out, policy, server, requests, table, settings,
-                         max_lag_s=a.max_lag, progress=progress)
+                         max_lag_s=a.max_lag, progress=progress, lookahead=a.lookahead)
     except LiveError as e:
         raise SystemExit(f"neustream serve: error: {e}") from None
     print(f"{a.workload} {a.system} live rate={a.rate} cv={a.cv} slo={a.slo}: "
@@ -244,6 +245,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     q.add_argument("--max-lag", type=float, default=1.0,
                    help="stop if the load generator falls this many seconds behind the trace")
+    q.add_argument("--placement", help="module=device,... (e.g. text_encoder=cuda:1,vae=cuda:1,"
+                   "unet=cuda:0): one executor per device; default: every module on one device")
+    q.add_argument("--lookahead", action="store_true",
+                   help="decide the next batch while the GPU runs the current one (CUDA only)")
     q.add_argument("--device", help="device name for the record (default: the table's folder)")
     q.add_argument("--sweeps", help="comma-separated sweeps this run belongs to")
     q.add_argument("--out", required=True, help="run directory")

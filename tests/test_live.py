@@ -81,11 +81,72 @@ def test_sleeping_server_tracks_the_simulator(system, tmp_path):
     shape = lambda r: frozenset(r) - {"dropped_at", "dropped_s"}  # noqa: E731
     assert {shape(r) for r in rows} == {shape(r) for r in sim_rows}  # the simulator's record
     batches = read_jsonl(tmp_path / "run" / BATCHES)
-    assert {"module", "start_s", "end_s", "size", "ids", "model_s", "after_idle"} <= set(batches[0])
+    assert {"module", "start_s", "end_s", "size", "ids", "model_s", "after_idle",
+            "device"} <= set(batches[0])
     assert all(b["end_s"] >= b["start_s"] for b in batches)
     assert s["arrival_lag_s"]["max"] < 0.1
     ratio = s["batch_time_over_table"]
     assert all(0.95 < v["median"] < 1.5 for v in ratio.values()), ratio
+
+
+class AsyncSleepServer(SleepServer):
+    """A stand-in GPU: calls run one after the other, each taking the table's time; ``launch``
+    returns at once (as a CUDA launch does) and ``wait`` sleeps until that call is done. Counts
+    the calls launched while the one before still ran, and each request's step indices."""
+
+    asynchronous = True
+
+    def __init__(self, table: LatencyTable) -> None:
+        super().__init__(table)
+        self.free_at = 0.0
+        self.launches = self.ahead = 0
+        self.steps: dict[tuple, list[int]] = {}
+
+    def launch(self, module, batch, steps_done):
+        now = time.perf_counter()
+        self.launches += 1
+        self.ahead += now < self.free_at
+        for r, k in zip(batch, steps_done):
+            self.steps.setdefault((r.id, module), []).append(k)
+        s = self.table.latency(module, len(batch))
+        self.free_at = max(now, self.free_at) + s
+        return self.free_at, s
+
+    def wait(self, handle):
+        until, s = handle
+        time.sleep(max(0.0, until - time.perf_counter()))
+        return s
+
+    def run(self, module, batch, steps_done):
+        return self.wait(self.launch(module, batch, steps_done))
+
+
+def test_lookahead_decides_while_the_device_runs_and_tracks_the_simulator(tmp_path):
+    rate = 20.0
+    server = AsyncSleepServer(TABLE)
+    s = serve_to_dir(tmp_path / "run", make_policy("neustream", SD, TABLE, 3.0), server,
+                     _requests(rate), TABLE, {"system": "neustream"}, lookahead=True)
+    assert s["lookahead"] is True
+    assert abs(s["attainment"] - _sim("neustream", rate)["attainment"]) <= 0.1
+    assert s["n_ok"] + s["n_late"] + s["n_dropped"] == s["n_requests"] == 40
+    assert not server.started
+    # calls were enqueued behind the running one (most UNet steps), and every request got
+    # each of its steps once, in order, although its bookkeeping ran ahead of the device
+    assert server.ahead > 0.3 * server.launches, (server.ahead, server.launches)
+    for r in read_jsonl(tmp_path / "run" / REQUESTS):
+        if r["status"] == "ok":
+            assert r["finish_s"] <= r["deadline_s"]
+            assert server.steps[(r["id"], "unet")] == list(range(r["steps"]))
+            assert server.steps[(r["id"], "vae")] == [0]
+    batches = read_jsonl(tmp_path / "run" / BATCHES)
+    assert all(b["start_s"] >= a["end_s"] - 1e-9 for a, b in zip(batches, batches[1:]))
+    assert all(b["end_s"] > b["start_s"] for b in batches)
+
+
+def test_lookahead_needs_an_asynchronous_server():
+    run = serve(make_policy("neustream", SD, TABLE, 3.0), SleepServer(TABLE),
+                _requests(20.0, n=10), lookahead=True)
+    assert run.lookahead is False and run.n_done == 10
 
 
 def test_a_module_that_raises_keeps_partial_records_marked_failed(tmp_path):
@@ -203,7 +264,7 @@ def test_cli_fault_is_one_line_and_leaves_no_summary(tiny_table, tmp_path, monke
     from neustream.models import graphs
 
     calls = {"n": 0}
-    real = graphs.Batcher.run
+    real = graphs.Batcher.launch
 
     def flaky(self, states, steps_done):
         calls["n"] += 1
@@ -211,7 +272,7 @@ def test_cli_fault_is_one_line_and_leaves_no_summary(tiny_table, tmp_path, monke
             raise torch.OutOfMemoryError("injected: out of memory")
         return real(self, states, steps_done)
 
-    monkeypatch.setattr(graphs.Batcher, "run", flaky)
+    monkeypatch.setattr(graphs.Batcher, "launch", flaky)
     out = tmp_path / "run"
     with pytest.raises(SystemExit, match="neustream serve: error: live run stopped .*OutOfMemory"):
         _serve_cli(tiny_table, out, "neustream", requests=6)

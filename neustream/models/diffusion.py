@@ -345,12 +345,15 @@ class StreamModule:
     """A network plus the work around it that one batch of one stream module needs.
 
     The requests' tensors live in ``Pools`` (``attach`` declares what this module reads and
-    writes). A call's only input is ``sel`` (b, 2): each row's slot and step index; it gathers
-    those rows, runs the network, writes the results back to the pools, and returns the batch's
-    output (so a CUDA graph can capture the whole call). ``init_state`` writes a new request's
-    rows (noise, schedule, tokens), and ``load`` fills ``sel`` for n requests in a batch of
-    b >= n, the rows past n pointing at the scratch slot 0.
+    writes; ``writes`` names the pools a call writes, which a server placing modules on several
+    devices copies to the next module's device). A call's only input is ``sel`` (b, 2): each
+    row's slot and step index (``graphs.Batcher.load`` fills it); it gathers those rows, runs the
+    network, writes the results back to the pools, and returns the batch's output (so a CUDA
+    graph can capture the whole call). ``init_state`` writes a new request's rows (noise,
+    schedule, tokens) without waiting for the device.
     """
+
+    writes: tuple[str, ...] = ()
 
     def __init__(self, net: torch.nn.Module, *, cfg: bool, size: str, image_size: int,
                  schedule: Schedule | None = None, max_steps: int = 1):
@@ -363,7 +366,6 @@ class StreamModule:
         p = next(net.parameters())
         self.device, self.dtype = p.device, p.dtype
         self.pools: Pools | None = None
-        self._staging: torch.Tensor | None = None
 
     def num_samples(self, batch_size: int) -> int:
         return 2 * batch_size if self.cfg else batch_size
@@ -388,23 +390,12 @@ class StreamModule:
     def init_state(self, state: State) -> None:
         if self.schedule is not None:
             table = torch.from_numpy(self.schedule.table(state.steps)).float()
-            self.pools["sched"][state.slot, : state.steps].copy_(table)
+            self.pools["sched"][state.slot, : state.steps].copy_(table, non_blocking=True)
 
     def _noise(self, state: State, name: str, salt: int) -> None:
         pool = self.pools[name]
         x = torch.randn(pool.shape[1:], generator=state.generator(salt))
-        pool[state.slot].copy_(x)
-
-    def load(self, inputs: dict, states: list[State], steps_done: list[int], b: int) -> None:
-        n = len(states)
-        if self._staging is None or self._staging.shape[0] < b:  # pinned: an async copy
-            self._staging = torch.zeros(max(b, 32), 2, dtype=torch.long,
-                                        pin_memory=self.device.type == "cuda")
-        rows = self._staging.numpy()  # no copy is in flight: every call synchronises
-        rows[:n, 0] = [s.slot for s in states]
-        rows[:n, 1] = steps_done
-        rows[n:b] = 0
-        inputs["sel"].copy_(self._staging[:b], non_blocking=True)
+        pool[state.slot].copy_(x, non_blocking=True)  # pageable: staged at once, no sync
 
     def _select(self, inputs):
         sel = inputs["sel"]
@@ -414,6 +405,8 @@ class StreamModule:
 class TextEncoder(StreamModule):
     """CLIP text encoder: token ids (b, 77) -> text states (b, 2, 77, D), [empty prompt;
     prompt] with CFG; the empty prompt is encoded with the batch, as pipelines do."""
+
+    writes = ("text",)
 
     def attach(self, pools):
         self.pools = pools
@@ -439,13 +432,14 @@ class TextEncoder(StreamModule):
         return torch.randint(0, self.net.config.vocab_size, (TEXT_LEN,), generator=gen)
 
     def init_state(self, state):
-        self.pools["ids"][state.slot].copy_(self.prompt_ids(state.prompt))
+        self.pools["ids"][state.slot].copy_(self.prompt_ids(state.prompt), non_blocking=True)
 
 
 class SDUNetStep(StreamModule):
     """One SD denoising step: UNet over [uncond; cond] latents, guidance, DDIM update."""
 
     guidance_scale = SD_GUIDANCE
+    writes = ("latents",)
 
     def attach(self, pools):
         super().attach(pools)
@@ -480,6 +474,7 @@ class DiTStep(StreamModule):
     (the learned-sigma half of the output is split off), DDIM update."""
 
     guidance_scale = DIT_GUIDANCE
+    writes = ("latents",)
 
     def attach(self, pools):
         super().attach(pools)
@@ -531,6 +526,8 @@ class PaletteStep(StreamModule):
     levels, widths, block counts and attention placement, hence the same cost shape; the code
     base has no diffusers-format weights, so it is Palette-shaped rather than Palette.
     """
+
+    writes = ("latents",)
 
     def latent_shape(self):  # Palette denoises the image itself
         return (3, self.image_size, self.image_size)
@@ -628,7 +625,8 @@ class ModuleRunner:
         self.batcher.prepare([batch_size])
         view = self.batcher.view(batch_size)
         if not self.served:  # the call reads the requests' own rows, not the scratch row
-            self.module.load(view, self.states[:batch_size], [0] * batch_size, batch_size)
+            self.batcher.load([s.slot for s in self.states[:batch_size]], [0] * batch_size,
+                              batch_size)
         return view
 
     def __call__(self, batch_size: int) -> torch.Tensor | float:

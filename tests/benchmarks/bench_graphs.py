@@ -6,7 +6,8 @@ and two modules on two CUDA streams at once vs one after the other.
 Prints one row per module and batch size: the median call in eager mode and as a graph replay
 (CUDA events), their ratio, and for a full live call (``Batcher.run``: inputs gathered from
 request states, the call, outputs handed back, one synchronisation) the host wall time over the
-model time. Then the two-stream test. On a CPU every "graph" is the eager call (graphs are CUDA
+model time, and the same calls launched one ahead (the live engine's ``lookahead``). Then the
+two-stream test. On a CPU every "graph" is the eager call (graphs are CUDA
 only), which exercises the script.
 """
 
@@ -21,7 +22,7 @@ import time
 import pandas as pd
 import torch
 
-from neustream.models.diffusion import make_module
+from neustream.models.diffusion import Pools, make_module
 from neustream.models.graphs import Batcher
 from neustream.models.server import DiffusionServer
 from neustream.profiling import parse_dtype, time_calls
@@ -43,6 +44,7 @@ def eager_vs_graph(workload, sizes, device, size, dtype) -> list[dict]:
     for m in get_program(workload).modules:
         module = make_module(workload, m.name, size=size, device=device, dtype=dtype)
         top = max(b for b in sizes if b <= m.max_batch)
+        module.attach(Pools(top + 1, module.device))  # the calls read the scratch row
         eager, graph = Batcher(module, top, graphs=False), Batcher(module, top, graphs=True)
         with torch.inference_mode():
             for b in (b for b in sizes if b <= top):
@@ -76,17 +78,35 @@ def worker_overhead(workload, sizes, device, size, dtype) -> list[dict]:
             server.start(r)
         if program.modules[0].name == "text_encoder":
             server.run("text_encoder", batch, [0] * b)
+        n = program.steps[0]
+        steps = [[(k + i) % n for i in range(b)] for k in range(n)]
         walls, models = [], []
-        for k in range(program.steps[0]):
+        for k in range(n):
             t0 = time.perf_counter()
-            models.append(server.run(loop.name, batch, [(k + i) % program.steps[0] for i in range(b)]))
+            models.append(server.run(loop.name, batch, steps[k]))
             walls.append(time.perf_counter() - t0)
         w, mo = statistics.median(walls[3:]), statistics.median(models[3:])
+        # launched ahead, as the engine's lookahead does: call k+1 is enqueued before call k
+        # is waited for, so the device does not idle while the host waits and launches
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        prev = server.launch(loop.name, batch, steps[0])
+        for k in range(1, n):
+            h = server.launch(loop.name, batch, steps[k])
+            server.wait(prev)
+            prev = h
+        server.wait(prev)
+        ahead = (time.perf_counter() - t0) / n
+        mean = statistics.fmean(models)
         rows.append({"workload": workload, "module": loop.name, "batch_size": b,
                      "run_wall_ms": w * 1e3, "run_model_ms": mo * 1e3,
-                     "worker_overhead_frac": (w - mo) / mo})
+                     "worker_overhead_frac": (w - mo) / mo,
+                     "ahead_wall_ms": ahead * 1e3, "ahead_overhead_frac": (ahead - mean) / mean})
         print(f"{workload}/{loop.name} live call b={b}: wall {w * 1e3:.2f} ms, model "
-              f"{mo * 1e3:.2f} ms, worker overhead {100 * (w - mo) / mo:.1f}%", flush=True)
+              f"{mo * 1e3:.2f} ms, worker overhead {100 * (w - mo) / mo:.1f}%; launched ahead "
+              f"{ahead * 1e3:.2f} ms per call ({100 * (ahead - mean) / mean:+.1f}% over the "
+              f"mean model time)", flush=True)
         for r in batch:
             server.end(r)
     return rows
@@ -95,8 +115,11 @@ def worker_overhead(workload, sizes, device, size, dtype) -> list[dict]:
 def two_streams(device, size, dtype) -> dict:
     """DiT-S/2 b=16 and its VAE b=2, graphs, 20 calls each: one after the other on one stream
     vs from two threads on two streams at once."""
-    a = Batcher(make_module("dit-s2", "dit", size=size, device=device, dtype=dtype), 16, graphs=True)
-    v = Batcher(make_module("dit-s2", "vae", size=size, device=device, dtype=dtype), 2, graphs=True)
+    pools = Pools(17, device)
+    mods = [make_module("dit-s2", m, size=size, device=device, dtype=dtype) for m in ("dit", "vae")]
+    for m in mods:
+        m.attach(pools)
+    a, v = Batcher(mods[0], 16, graphs=True), Batcher(mods[1], 2, graphs=True)
     a.prepare([16])
     v.prepare([2])
 

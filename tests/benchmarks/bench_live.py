@@ -3,10 +3,13 @@ graphs captured once), each written as `neustream serve` writes it.
 
     python tests/benchmarks/bench_live.py --workload dit-s2 \
         --latency resources/latency/h100/dit-s2.csv --systems neustream,clockwork \
-        --rates 16,20,24 --cv 2 --slo 3 --requests 200 --out results/runs
+        --rates 16,20,24 --cv 2 --slo 3 --requests 200 --out results/runs \
+        [--lookahead] [--placement text_encoder=cuda:1,vae=cuda:1,unet=cuda:0]
 
 Writes <out>/live/<workload>/<system>/rate=R_cv=C_slo=S_seed=K/ and prints one line per run;
 `neustream fidelity` on those directories then gives the simulator's prediction for each.
+``--lookahead`` decides each next batch while the GPU runs the current one (engine/live.py);
+``--placement`` puts modules on several devices, one executor each (models/server.py).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import torch
 
 from neustream.engine.live import serve_to_dir
 from neustream.latency import LatencyTable, capacity_rps
-from neustream.models.server import DiffusionServer, table_modules
+from neustream.models.server import DiffusionServer, parse_placement, table_modules
 from neustream.policy import make_policy
 from neustream.programs import get_program
 from neustream.workload import make_trace, to_requests
@@ -38,8 +41,13 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--graphs", choices=("table", "on", "off"), default="table")
+    p.add_argument("--lookahead", action="store_true")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--placement", help="module=device,... (default: all on the table's device)")
     p.add_argument("--out", required=True, help="root of the run directories")
     a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
     program = get_program(a.workload)
     table = LatencyTable.from_csv(a.latency, program)
     mods = table_modules(a.latency)
@@ -49,7 +57,8 @@ def main() -> None:
     # Every policy's caps fit under the table's largest sizes: build and capture once.
     server = DiffusionServer(a.workload, {m: table.max_batch(m) for m in program.module_names},
                              size=mods["size"], device=mods["device"], dtype=mods["dtype"],
-                             graphs=mods["graphs"], seed=a.seed)
+                             graphs=mods["graphs"], seed=a.seed,
+                             placement=parse_placement(a.placement))
     server.prepare()
     print(f"[bench] {a.workload}: modules ready in {time.perf_counter() - t0:.1f} s "
           f"({server.describe()})", file=sys.stderr, flush=True)
@@ -70,14 +79,16 @@ def main() -> None:
             }
             out = Path(a.out) / "live" / a.workload / system / (
                 f"rate={rate:g}_cv={a.cv:g}_slo={a.slo:g}_seed={a.seed}")
-            s = serve_to_dir(out, policy, server, requests, table, settings)
+            s = serve_to_dir(out, policy, server, requests, table, settings,
+                             lookahead=a.lookahead)
             over = {m: round(v["all"].get("median", float("nan")), 4)
                     for m, v in s["overhead"].items()}
             print(f"{a.workload} {system} rate={rate:g}: {s['n_ok']}/{s['n_requests']} on time, "
                   f"{s['n_late']} late, {s['n_dropped']} dropped, goodput "
                   f"{s['goodput_rps']:.3f} req/s; overhead {over}; batch/table "
                   f"{ {m: round(v['median'], 3) for m, v in s['batch_time_over_table'].items()} }; "
-                  f"max lag {s['arrival_lag_s']['max'] * 1e3:.1f} ms ({s['wall_s']} s)", flush=True)
+                  f"max lag {s['arrival_lag_s']['max'] * 1e3:.1f} ms; lookahead {s['lookahead']} "
+                  f"({s['wall_s']} s)", flush=True)
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
 
