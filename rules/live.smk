@@ -37,6 +37,7 @@ rule serve_live:
         weights=config.get("weights", "random"),
         weights_dir=WEIGHTS_DIR,
         max_lag=LIVE.get("max_lag_s", 1.0),
+        lookahead="--lookahead" if LIVE.get("lookahead") else "",
         torch_threads=config["profile"]["torch_threads"],
         out=lambda wc, output: os.path.dirname(output.summary),
     wildcard_constraints:
@@ -58,7 +59,7 @@ rule serve_live:
         " --cv {wildcards.cv} --slo {wildcards.slo} --seed {wildcards.seed}"
         " --step-delta {params.step_delta} --weights {params.weights}"
         " --weights-dir {params.weights_dir} --threads {params.torch_threads}"
-        " --max-lag {params.max_lag}"
+        " --max-lag {params.max_lag} {params.lookahead}"
         " --sweeps '{params.sweeps}' --out {params.out} > {log} 2>&1"
 
 
