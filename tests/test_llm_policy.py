@@ -90,7 +90,7 @@ def test_all_tokens_on_time_is_ok():
 
 @pytest.mark.parametrize("row,field", [
     ("prefill,1,0,0.1", "tokens >= 1"), ("decode,x,10,0.1", "batch_size"),
-    ("fetch,1,10,0.1", "prefill or decode"), ("decode,1,10,-1", "latency_s > 0")])
+    ("fetch,1,10,0.1", "prefill, decode or vision"), ("decode,1,10,-1", "latency_s > 0")])
 def test_bad_table_rows_name_the_line(tmp_path, row, field):
     path = tmp_path / "t.csv"
     good = "\n".join(f"prefill,{b},{t},{s}" for b, t, s in PREFILL[:3])

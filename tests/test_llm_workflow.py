@@ -25,7 +25,9 @@ def test_default_config_plans_the_llm_runs(workdir):  # noqa: F811
     sim = sum(len(points(s)) for s in llm["sim"]["workloads"].values())
     assert jobs["serve_llm"] == live * systems
     assert jobs["simulate_llm"] == (live + sim) * systems  # live traces are simulated too
-    assert jobs["profile_llm"] == len(llm["live"]["workloads"])
+    agent_models = 2 if (yaml.safe_load((ROOT / "config/config.yaml").read_text())
+                         .get("agent") or {}).get("live", {}).get("workloads") else 0
+    assert jobs["profile_llm"] == len(llm["live"]["workloads"]) + agent_models  # + tiny Llama, LLaVA
     sweeps = sum(bool(s.get(k)) for spec in (llm["live"], llm["sim"])
                  for s in spec["workloads"].values() for k in ("rate", "cv", "slo"))
     assert jobs["plot_llm"] == sweeps
