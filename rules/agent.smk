@@ -92,6 +92,8 @@ rule serve_agent:
         sweeps=agent_sweeps_of,
         pred_steps=AGENT.get("pred_steps", 30),
         engine_device=AGENT_LIVE.get("engine_device", "cpu"),
+        placement=agent_placement,
+        kv_cache_gib=AGENT_LIVE.get("kv_cache_gib", 0.25),
         latency_dir=lambda wc, input: os.path.dirname(input.exec_times),
         out=lambda wc, output: os.path.dirname(output.summary),
     wildcard_constraints:
@@ -109,7 +111,8 @@ rule serve_agent:
         " --system {wildcards.system} --latency-dir {params.latency_dir}"
         " --trace {input.trace} --rate {wildcards.rate} --cv {wildcards.cv}"
         " --slo {wildcards.slo} --seed {wildcards.seed} --pred-steps {params.pred_steps}"
-        " --engine-device {params.engine_device} --sweeps '{params.sweeps}'"
+        " --engine-device {params.engine_device} --placement {params.placement}"
+        " --kv-cache-gib {params.kv_cache_gib} --sweeps '{params.sweeps}'"
         " --out {params.out} > {log} 2>&1"
 
 

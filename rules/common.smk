@@ -331,11 +331,10 @@ def agent_tables(wildcards):
 
 
 def agent_placement(wildcards):
-    """Live pipelines run every engine on this machine's one device: their simulation shares
-    one device too."""
-    if wildcards.workload in AGENT_LIVE_WORKLOADS:
-        return "shared"
-    return AGENT_WORKLOADS[wildcards.workload].get("placement", "spread")
+    """Where the engine instances run: a live pipeline runs them all on this machine's one
+    device unless its config says otherwise (its simulation uses the same placement)."""
+    default = "shared" if wildcards.workload in AGENT_LIVE_WORKLOADS else "spread"
+    return AGENT_WORKLOADS[wildcards.workload].get("placement", default)
 
 
 def agent_live_models():
