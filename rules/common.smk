@@ -190,6 +190,10 @@ def llm_constraint(names):
 
 LIVE = config.get("live") or {}
 LIVE_WORKLOADS = dict(LIVE.get("workloads") or {})
+if BACKEND == "live" and set(LIVE_WORKLOADS) & set(config["workloads"]):
+    raise ValueError("backend: live serves `workloads` live already; list "
+                     f"{', '.join(sorted(set(LIVE_WORKLOADS) & set(config['workloads'])))} "
+                     "under one of `workloads` and `live.workloads`")
 LIVE_SYSTEMS = LIVE.get("systems") or ["neustream", "clockwork"]
 LIVE_SEEDS = LIVE.get("seeds") or [0]
 WEIGHTS_DIR = "resources/weights"
