@@ -85,38 +85,52 @@ def write_trace(path: str | Path, rows: list[dict]) -> None:
     os.replace(tmp, path)
 
 
-def read_trace(path: str | Path, program: Program) -> list[dict]:
-    """Read and check a trace CSV (``id,arrival_s,steps,...``)."""
+def read_rows(path: str | Path, columns, parse, check) -> list[dict]:
+    """Read a trace CSV: every column in ``columns`` present, ``parse(raw)`` gives a row (a
+    ValueError or TypeError: a non-numeric field), ids unique, arrival_s finite, >= 0 and
+    non-decreasing, then ``check(row)`` returns an error message or None. Errors name the
+    file and line."""
     path = Path(path)
     if not path.is_file():
         raise TraceError(f"trace {path} does not exist")
-    rows = []
+    rows, seen, last = [], set(), -math.inf
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
-        need = ["id", "arrival_s", "steps"]
-        missing = [c for c in need if c not in (reader.fieldnames or ())]
+        missing = [c for c in columns if c not in (reader.fieldnames or ())]
         if missing:
             raise TraceError(f"{path}: missing column(s) {', '.join(missing)}")
-        last = -math.inf
-        seen = set()
-        lo, hi = program.steps
         for n, raw in enumerate(reader, start=2):
             try:
-                row = {k: (float(v) if k == "arrival_s" else int(v)) for k, v in raw.items()}
+                row = parse(raw)
             except (TypeError, ValueError):
                 raise TraceError(f"{path}:{n}: non-numeric field in {raw}") from None
             if row["id"] in seen:
                 raise TraceError(f"{path}:{n}: duplicate id {row['id']}")
             if not (math.isfinite(row["arrival_s"]) and row["arrival_s"] >= max(last, 0.0)):
                 raise TraceError(f"{path}:{n}: arrival_s must be >= 0 and non-decreasing")
-            if not lo <= row["steps"] <= hi:
-                raise TraceError(f"{path}:{n}: steps {row['steps']} outside {lo}..{hi} for {program.name}")
+            problem = check(row)
+            if problem:
+                raise TraceError(f"{path}:{n}: {problem}")
             seen.add(row["id"])
             last = row["arrival_s"]
             rows.append(row)
     if not rows:
         raise TraceError(f"{path}: no requests")
     return rows
+
+
+def read_trace(path: str | Path, program: Program) -> list[dict]:
+    """Read and check a trace CSV (``id,arrival_s,steps,...``)."""
+    lo, hi = program.steps
+
+    def parse(raw):
+        return {k: (float(v) if k == "arrival_s" else int(v)) for k, v in raw.items()}
+
+    def check(row):
+        if not lo <= row["steps"] <= hi:
+            return f"steps {row['steps']} outside {lo}..{hi} for {program.name}"
+
+    return read_rows(path, ("id", "arrival_s", "steps"), parse, check)
 
 
 def to_requests(rows: list[dict], program: Program, table: LatencyTable, slo: float) -> list[Request]:
@@ -154,35 +168,18 @@ def make_llm_trace(program, rate: float, cv: float, n: int, seed: int) -> list[d
 
 def read_llm_trace(path: str | Path, program) -> list[dict]:
     """Read and check an LLM trace CSV (``id,arrival_s,prompt_tokens,output_tokens``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise TraceError(f"trace {path} does not exist")
-    rows, seen, last = [], set(), -math.inf
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in LLM_TRACE_COLUMNS if c not in (reader.fieldnames or ())]
-        if missing:
-            raise TraceError(f"{path}: missing column(s) {', '.join(missing)}")
-        for n, raw in enumerate(reader, start=2):
-            try:
-                row = {k: (float(raw[k]) if k == "arrival_s" else int(raw[k])) for k in LLM_TRACE_COLUMNS}
-            except (TypeError, ValueError):
-                raise TraceError(f"{path}:{n}: non-numeric field in {raw}") from None
-            if row["id"] in seen:
-                raise TraceError(f"{path}:{n}: duplicate id {row['id']}")
-            if not (math.isfinite(row["arrival_s"]) and row["arrival_s"] >= max(last, 0.0)):
-                raise TraceError(f"{path}:{n}: arrival_s must be >= 0 and non-decreasing")
-            if row["prompt_tokens"] < 1 or row["output_tokens"] < 1:
-                raise TraceError(f"{path}:{n}: prompt_tokens and output_tokens must be >= 1")
-            if row["prompt_tokens"] + row["output_tokens"] > program.max_model_len:
-                raise TraceError(f"{path}:{n}: prompt_tokens + output_tokens exceeds "
-                                 f"{program.name}'s max_model_len {program.max_model_len}")
-            seen.add(row["id"])
-            last = row["arrival_s"]
-            rows.append(row)
-    if not rows:
-        raise TraceError(f"{path}: no requests")
-    return rows
+
+    def parse(raw):
+        return {k: (float(raw[k]) if k == "arrival_s" else int(raw[k])) for k in LLM_TRACE_COLUMNS}
+
+    def check(row):
+        if row["prompt_tokens"] < 1 or row["output_tokens"] < 1:
+            return "prompt_tokens and output_tokens must be >= 1"
+        if row["prompt_tokens"] + row["output_tokens"] > program.max_model_len:
+            return (f"prompt_tokens + output_tokens exceeds {program.name}'s max_model_len "
+                    f"{program.max_model_len}")
+
+    return read_rows(path, LLM_TRACE_COLUMNS, parse, check)
 
 
 def to_llm_requests(rows: list[dict], model, pslo: float, dslo: float):
@@ -252,39 +249,21 @@ def read_agent_trace(path: str | Path, program) -> list[dict]:
     """Read and check a multi-agent trace CSV (agent_columns(program))."""
     from neustream.programs import get_llm_program
 
-    path = Path(path)
-    if not path.is_file():
-        raise TraceError(f"trace {path} does not exist")
     cols = agent_columns(program)
-    rows, seen, last = [], set(), -math.inf
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in cols if c not in (reader.fieldnames or ())]
-        if missing:
-            raise TraceError(f"{path}: missing column(s) {', '.join(missing)}")
-        for n, raw in enumerate(reader, start=2):
-            try:
-                row = {k: (float(raw[k]) if k == "arrival_s" else raw[k] if k == "plot" else int(raw[k]))
-                       for k in cols}
-            except (TypeError, ValueError):
-                raise TraceError(f"{path}:{n}: non-numeric field in {raw}") from None
-            if row["id"] in seen:
-                raise TraceError(f"{path}:{n}: duplicate id {row['id']}")
-            if not (math.isfinite(row["arrival_s"]) and row["arrival_s"] >= max(last, 0.0)):
-                raise TraceError(f"{path}:{n}: arrival_s must be >= 0 and non-decreasing")
-            if not row["plot"]:
-                raise TraceError(f"{path}:{n}: empty plot name")
-            for s in program.llm_stages:
-                p, o = row[f"{s.name}_prompt"], row[f"{s.name}_output"]
-                limit = get_llm_program(s.model).max_model_len
-                if p < 1 or o < 1:
-                    raise TraceError(f"{path}:{n}: {s.name}_prompt and {s.name}_output must be >= 1")
-                if p + o > limit:
-                    raise TraceError(f"{path}:{n}: {s.name} prompt + output {p + o} exceeds "
-                                     f"{s.model}'s max_model_len {limit}")
-            seen.add(row["id"])
-            last = row["arrival_s"]
-            rows.append(row)
-    if not rows:
-        raise TraceError(f"{path}: no requests")
-    return rows
+    limits = {s.name: (s.model, get_llm_program(s.model).max_model_len) for s in program.llm_stages}
+
+    def parse(raw):
+        return {k: (float(raw[k]) if k == "arrival_s" else raw[k] if k == "plot" else int(raw[k]))
+                for k in cols}
+
+    def check(row):
+        if not row["plot"]:
+            return "empty plot name"
+        for name, (model, limit) in limits.items():
+            p, o = row[f"{name}_prompt"], row[f"{name}_output"]
+            if p < 1 or o < 1:
+                return f"{name}_prompt and {name}_output must be >= 1"
+            if p + o > limit:
+                return f"{name} prompt + output {p + o} exceeds {model}'s max_model_len {limit}"
+
+    return read_rows(path, cols, parse, check)
