@@ -187,6 +187,11 @@ def plot_agent_sweep(table_csv: str | Path, workload: str, sweep: str, out_png: 
     df = pd.read_csv(table_csv)
     df = df[(df.workload == workload) & (df.sweep == sweep)]
     stages = [c for c in df.columns if c.startswith("tps_") and df[c].notna().any()]
+    if "program" in df and not df.empty:  # pipeline order, not the table's
+        from neustream.programs import get_agent_program
+
+        order = [f"tps_{s.name}" for s in get_agent_program(df.program.iloc[0]).llm_stages]
+        stages = [c for c in order if c in stages] + [c for c in stages if c not in order]
     if df.empty or not stages:
         raise ValueError(f"no multi-agent rows for workload {workload!r} and sweep {sweep!r} "
                          f"in {table_csv}")
