@@ -256,7 +256,21 @@ def spawn(fn, world: int, device: str, *args) -> None:
     if device == "cuda" and torch.cuda.device_count() < world:
         raise ValueError(f"tensor_parallel={world} needs {world} GPUs, found {torch.cuda.device_count()}")
     os.environ.update(SAFE_ENV)  # children inherit it
-    mp.spawn(fn, args=(world, device, free_port(), *args), nprocs=world, join=True)
+    mp.spawn(_run_then_exit, args=(fn, world, device, free_port(), *args), nprocs=world,
+             join=True)
+
+
+def _run_then_exit(rank: int, fn, *args) -> None:
+    """A rank's body, then an immediate exit: once ``fn`` returned (its group destroyed), the
+    process skips interpreter and C++ teardown, where gloo's threads can still be unwinding
+    and abort the process ("terminate called without an active exception", seen on 2-core CI
+    machines). An exception in ``fn`` propagates as usual, so mp.spawn reports it."""
+    import sys
+
+    fn(rank, *args)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _capture(fn, dev):
