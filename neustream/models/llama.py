@@ -33,6 +33,7 @@ import statistics
 import sys
 import time
 
+from neustream.models.opt import _time, build_on_device, capture_graph
 from neustream.programs import get_llm_program, image_tokens
 
 # Profiling grids (tokens are per prompt for prefill, per sequence for decode).
@@ -74,7 +75,6 @@ def language_model(model):
 
 def build_model(program, device, dtype):
     """The program's transformers model with random weights, made on ``device`` in ``dtype``."""
-    import torch
     from transformers import LlamaConfig, LlamaForCausalLM, LlavaConfig, LlavaForConditionalGeneration
 
     program = _program(program)
@@ -82,17 +82,7 @@ def build_model(program, device, dtype):
     fields = {k: v for k, v in program.config.items() if k != "model_type"}
     cls, cfg = ((LlamaForCausalLM, LlamaConfig(**fields)) if program.arch == "llama"
                 else (LlavaForConditionalGeneration, LlavaConfig(**fields)))
-    torch.manual_seed(0)
-    # Build straight in the target dtype on the device: an fp32 copy of a 7B model wastes time.
-    # Buffers made in fp32 on purpose (rotary inv_freq) stay fp32, as transformers keeps them.
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(tdtype)
-    try:
-        with torch.device(device):
-            model = cls(cfg)
-    finally:
-        torch.set_default_dtype(default)
-    return model.eval()
+    return build_on_device(cls, cfg, device, tdtype)
 
 
 def kv_cache(model, batch: int, length: int, device, dtype, fill: bool):
@@ -193,47 +183,6 @@ def decode_grid(max_context_tokens: int, max_batch: int, max_len: int,
             if b <= max_batch and b * (c + 1) <= max_context_tokens]
 
 
-def _time(fn, device, warmup: int, repeats: int) -> list[float]:
-    """Seconds per call: CUDA events around each call on a GPU, perf_counter on a CPU."""
-    import torch
-
-    for _ in range(warmup):
-        fn()
-    out = []
-    cuda = device.type == "cuda"
-    if cuda:
-        torch.cuda.synchronize(device)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    for _ in range(repeats):
-        if cuda:
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            out.append(start.elapsed_time(end) / 1e3)
-        else:
-            t = time.perf_counter()
-            fn()
-            out.append(time.perf_counter() - t)
-    return out
-
-
-def _capture(fn, device):
-    """A CUDA graph of ``fn`` (after two warm-up calls on a side stream)."""
-    import torch
-
-    stream = torch.cuda.Stream(device)
-    stream.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(stream):
-        for _ in range(2):
-            fn()
-    torch.cuda.current_stream(device).wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return graph
-
-
 def profile_llama(workload: str, *, device: str = "cuda", dtype: str = "fp16", warmup: int = 2,
                   repeats: int = 5, max_context_tokens: int = 98304, graphs: bool = True,
                   lengths=PREFILL_LENGTHS, batches=PREFILL_BATCHES, decode_batches=DECODE_BATCHES,
@@ -277,7 +226,7 @@ def profile_llama(workload: str, *, device: str = "cuda", dtype: str = "fp16", w
             fn, graph, note = prefill, None, ""
             if graphs and b * L <= prefill_graph_tokens:  # as vLLM's piecewise graphs do
                 try:
-                    graph = _capture(prefill, dev)
+                    graph = capture_graph(prefill, dev)
                     fn, note = graph.replay, " (graph)"
                 except Exception as e:
                     graph_failures.append(f"prefill b={b} L={L}: {type(e).__name__}: {e}"[:300])
@@ -298,7 +247,7 @@ def profile_llama(workload: str, *, device: str = "cuda", dtype: str = "fp16", w
             fn, graph, note = decode, None, " (eager)" if graphs else ""
             if graphs:
                 try:
-                    graph = _capture(decode, dev)
+                    graph = capture_graph(decode, dev)
                     fn, note = graph.replay, ""
                 except Exception as e:  # keep measuring, eagerly, and say so in the sidecar
                     graph_failures.append(f"b={b} c={c}: {type(e).__name__}: {e}"[:300])

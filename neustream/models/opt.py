@@ -76,20 +76,43 @@ def decode_grid(max_context_tokens: int, max_batch: int, max_len: int,
 
 
 def build_model(program, device, dtype):
-    import torch
     from transformers import OPTConfig, OPTForCausalLM
 
     cfg = OPTConfig(**{k: v for k, v in program.config.items() if k != "model_type"})
+    return build_on_device(OPTForCausalLM, cfg, device, dtype).to(dtype)
+
+
+def build_on_device(cls, cfg, device, dtype):
+    """``cls(cfg)`` made straight on ``device`` in ``dtype`` (an fp32 copy of a 7B-66B model
+    would waste time or not fit), seed 0, eval mode. Buffers a model makes in fp32 on purpose
+    (rotary inv_freq) stay fp32."""
+    import torch
+
     torch.manual_seed(0)
-    # Build straight in the target dtype on the device: an fp32 copy of OPT-30B would not fit.
     default = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
         with torch.device(device):
-            model = OPTForCausalLM(cfg)
+            model = cls(cfg)
     finally:
         torch.set_default_dtype(default)
-    return model.to(dtype).eval()
+    return model.eval()
+
+
+def capture_graph(fn, device):
+    """A CUDA graph of ``fn``: two warm-up calls and the capture on a side stream."""
+    import torch
+
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph
 
 
 def kv_cache(model, batch: int, length: int, device, dtype, fill: bool):
@@ -217,15 +240,7 @@ def profile_transformers(workload: str, *, device: str = "cuda", dtype: str = "f
             fn, graph = decode, None
             if graphs:
                 try:
-                    stream = torch.cuda.Stream(dev)
-                    stream.wait_stream(torch.cuda.current_stream(dev))
-                    with torch.cuda.stream(stream):
-                        for _ in range(2):
-                            decode()
-                    torch.cuda.current_stream(dev).wait_stream(stream)
-                    graph = torch.cuda.CUDAGraph()
-                    with torch.cuda.graph(graph):
-                        decode()
+                    graph = capture_graph(decode, dev)
                     fn = graph.replay
                 except Exception as e:  # keep measuring, eagerly, and say so in the sidecar
                     graph_failures.append(f"b={b} c={c}: {type(e).__name__}: {e}"[:300])

@@ -43,7 +43,8 @@ import zlib
 from dataclasses import dataclass
 
 from neustream.models.opt import (DECODE_BATCHES, DECODE_CONTEXTS, PREFILL_BATCHES,
-                                  PREFILL_LENGTHS, _time, decode_grid, prefill_grid)
+                                  PREFILL_LENGTHS, _time, capture_graph, decode_grid,
+                                  prefill_grid)
 from neustream.programs import get_llm_program
 
 # NVLink multicast must stay off on the shared multi-GPU hosts (device notes, KINDS.md).
@@ -278,16 +279,7 @@ def _capture(fn, dev):
     import torch
 
     try:
-        stream = torch.cuda.Stream(dev)
-        stream.wait_stream(torch.cuda.current_stream(dev))
-        with torch.cuda.stream(stream):
-            for _ in range(2):
-                fn()
-        torch.cuda.current_stream(dev).wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            fn()
-        return graph, None
+        return capture_graph(fn, dev), None
     except Exception as e:  # measured eagerly instead, and said so in the sidecar
         torch.cuda.synchronize(dev)
         return None, f"{type(e).__name__}: {e}"[:300]
