@@ -25,7 +25,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -33,6 +32,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from neustream.files import atomic_write
 from neustream.programs import Module, get_program
 
 COLUMNS = ["module", "batch_size", "latency_s"]
@@ -234,18 +234,6 @@ def profile(
     return df
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def write_table(df: pd.DataFrame, csv_path: str | os.PathLike, provenance: dict | None = None) -> Path:
     """Write the table to ``csv_path`` and its provenance to ``<name>.json`` beside it.
 
@@ -258,8 +246,8 @@ def write_table(df: pd.DataFrame, csv_path: str | os.PathLike, provenance: dict 
         raise ValueError(f"latency table columns must be {','.join(COLUMNS)}, got {got}")
     prov = {**df.attrs.get("provenance", {}), **(provenance or {})}
     csv_path = Path(csv_path)
-    _atomic_write(csv_path.with_suffix(".json"), json.dumps(prov, indent=2, sort_keys=False) + "\n")
-    _atomic_write(csv_path, df.to_csv(index=False, float_format="%.6g"))
+    atomic_write(csv_path.with_suffix(".json"), json.dumps(prov, indent=2, sort_keys=False) + "\n")
+    atomic_write(csv_path, df.to_csv(index=False, float_format="%.6g"))
     return csv_path
 
 

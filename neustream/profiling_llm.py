@@ -34,6 +34,7 @@ import sys
 import time
 from pathlib import Path
 
+from neustream.files import atomic_write, cpu_name
 from neustream.programs import get_llm_program
 
 COLUMNS = ["module", "batch_size", "tokens", "latency_s"]
@@ -163,14 +164,6 @@ def image_prefill_check(server, program, *, batches=(1, 4), text_tokens: int = 4
     return out
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
-
-
 def profile_vllm(workload: str, *, device: str = "cpu", warmup: int = 1, repeats: int = 3,
                  decode_steps: int = 8, model_dir: str | Path | None = None, log=sys.stderr):
     """Measure ``workload``'s table through vLLM on this machine; a DataFrame with provenance."""
@@ -243,13 +236,6 @@ def _versions() -> dict:
     return v
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_llm_table(df, csv_path: str | os.PathLike, provenance: dict | None = None) -> Path:
     """Write the table and its sidecar (provenance + the fitted model); JSON first, both atomic."""
     from neustream.latency import LlmLatencyModel
@@ -263,6 +249,6 @@ def write_llm_table(df, csv_path: str | os.PathLike, provenance: dict | None = N
                           vision=rows.get("vision"))
     prov = {**df.attrs.get("provenance", {}), **(provenance or {}), "fit": fit.describe()}
     csv_path = Path(csv_path)
-    _atomic_write(csv_path.with_suffix(".json"), json.dumps(prov, indent=2) + "\n")
-    _atomic_write(csv_path, df.to_csv(index=False, float_format="%.6g"))
+    atomic_write(csv_path.with_suffix(".json"), json.dumps(prov, indent=2) + "\n")
+    atomic_write(csv_path, df.to_csv(index=False, float_format="%.6g"))
     return csv_path

@@ -49,6 +49,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
+from neustream.files import atomic_write, cpu_name
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -447,28 +449,6 @@ def startup_overhead(repeats: int = 5) -> dict[str, float]:
     return {"bare_python_s": round(med(bare), 4), "sandbox_empty_s": round(med(boxed), 4)}
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        import platform
-
-        return platform.processor() or platform.machine()
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def main(argv: list[str] | None = None) -> int:
     """``python -m neustream.sandbox``: measure the shipped plots, write CSV + sidecar JSON."""
     import argparse
@@ -502,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
         "what": "wall seconds of one sandboxed run (interpreter start + prelude + the plot program)",
         "method": "neustream.sandbox.run_code on each program in neustream/data/plots, fresh temp "
                   "dir per run, one run at a time, rounds over all plots, shared prebuilt mpl cache",
-        "host_cpu": _cpu_name(),
+        "host_cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
@@ -514,8 +494,8 @@ def main(argv: list[str] | None = None) -> int:
         "timeout_s": args.timeout_s,
         **overhead,
     }
-    _atomic_write(out.with_suffix(".json"), json.dumps(meta, indent=2) + "\n")
-    _atomic_write(out, df.to_csv(index=False))
+    atomic_write(out.with_suffix(".json"), json.dumps(meta, indent=2) + "\n")
+    atomic_write(out, df.to_csv(index=False))
     summary = df.groupby("plot")["seconds"].median().sort_values()
     print(summary.round(3).to_string())
     print(f"startup: bare python {overhead['bare_python_s']:.3f} s, "
