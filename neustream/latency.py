@@ -27,6 +27,21 @@ class TableError(ValueError):
     """A latency table that cannot be used; the message names the file and field."""
 
 
+def table_rows(path: Path, columns):
+    """(file line number, row) of a table CSV, '#' comment lines skipped; a missing file or
+    column is a TableError naming it."""
+    if not path.is_file():
+        raise TableError(f"latency table {path} does not exist")
+    with path.open(newline="") as f:
+        numbered = [(n, line) for n, line in enumerate(f, start=1) if not line.startswith("#")]
+    reader = csv.DictReader(line for _, line in numbered)
+    missing = [c for c in columns if c not in (reader.fieldnames or ())]
+    if missing:
+        raise TableError(f"{path}: missing column(s) {', '.join(missing)}")
+    for row in reader:
+        yield numbered[reader.line_num - 1][0], row
+
+
 @dataclass(frozen=True)
 class _Curve:
     sizes: tuple[int, ...]  # measured batch sizes, ascending, starting at 1
@@ -60,32 +75,22 @@ class LatencyTable:
     @classmethod
     def from_csv(cls, path: str | Path, program: Program | None = None) -> LatencyTable:
         path = Path(path)
-        if not path.is_file():
-            raise TableError(f"latency table {path} does not exist")
         rows: dict[str, dict[int, float]] = {}
-        with path.open(newline="") as f:
-            # Keep file line numbers for errors while skipping '#' comment lines.
-            numbered = [(n, line) for n, line in enumerate(f, start=1) if not line.startswith("#")]
-            reader = csv.DictReader(line for _, line in numbered)
-            missing = [c for c in COLUMNS if c not in (reader.fieldnames or ())]
-            if missing:
-                raise TableError(f"{path}: missing column(s) {', '.join(missing)}")
-            for row in reader:
-                n = numbered[reader.line_num - 1][0]
-                try:
-                    b = int(row["batch_size"])
-                    s = float(row["latency_s"])
-                except (TypeError, ValueError):
-                    raise TableError(
-                        f"{path}:{n}: batch_size must be an integer and latency_s a number, "
-                        f"got {row['batch_size']!r}, {row['latency_s']!r}"
-                    ) from None
-                if b < 1 or not (s > 0 and math.isfinite(s)):
-                    raise TableError(f"{path}:{n}: need batch_size >= 1 and latency_s > 0")
-                by_size = rows.setdefault(row["module"], {})
-                if b in by_size:
-                    raise TableError(f"{path}:{n}: duplicate row for {row['module']} b={b}")
-                by_size[b] = s
+        for n, row in table_rows(path, COLUMNS):
+            try:
+                b = int(row["batch_size"])
+                s = float(row["latency_s"])
+            except (TypeError, ValueError):
+                raise TableError(
+                    f"{path}:{n}: batch_size must be an integer and latency_s a number, "
+                    f"got {row['batch_size']!r}, {row['latency_s']!r}"
+                ) from None
+            if b < 1 or not (s > 0 and math.isfinite(s)):
+                raise TableError(f"{path}:{n}: need batch_size >= 1 and latency_s > 0")
+            by_size = rows.setdefault(row["module"], {})
+            if b in by_size:
+                raise TableError(f"{path}:{n}: duplicate row for {row['module']} b={b}")
+            by_size[b] = s
         table = cls(rows, source=str(path))
         if program is not None:
             table.check(program)
@@ -269,29 +274,20 @@ class LlmLatencyModel:
         import json
 
         path = Path(path)
-        if not path.is_file():
-            raise TableError(f"latency table {path} does not exist")
         rows: dict[str, list[tuple[int, int, float]]] = {"prefill": [], "decode": [], "vision": []}
-        with path.open(newline="") as f:
-            numbered = [(n, line) for n, line in enumerate(f, start=1) if not line.startswith("#")]
-            reader = csv.DictReader(line for _, line in numbered)
-            missing = [c for c in LLM_COLUMNS if c not in (reader.fieldnames or ())]
-            if missing:
-                raise TableError(f"{path}: missing column(s) {', '.join(missing)}")
-            for row in reader:
-                n = numbered[reader.line_num - 1][0]
-                if row["module"] not in rows:
-                    raise TableError(f"{path}:{n}: module must be prefill, decode or vision, "
-                                     f"got {row['module']!r}")
-                try:
-                    b, tokens, s = int(row["batch_size"]), int(row["tokens"]), float(row["latency_s"])
-                except (TypeError, ValueError):
-                    raise TableError(
-                        f"{path}:{n}: batch_size and tokens must be integers and latency_s a number, "
-                        f"got {row['batch_size']!r}, {row['tokens']!r}, {row['latency_s']!r}") from None
-                if b < 1 or tokens < 1 or not (s > 0 and math.isfinite(s)):
-                    raise TableError(f"{path}:{n}: need batch_size >= 1, tokens >= 1 and latency_s > 0")
-                rows[row["module"]].append((b, tokens, s))
+        for n, row in table_rows(path, LLM_COLUMNS):
+            if row["module"] not in rows:
+                raise TableError(f"{path}:{n}: module must be prefill, decode or vision, "
+                                 f"got {row['module']!r}")
+            try:
+                b, tokens, s = int(row["batch_size"]), int(row["tokens"]), float(row["latency_s"])
+            except (TypeError, ValueError):
+                raise TableError(
+                    f"{path}:{n}: batch_size and tokens must be integers and latency_s a number, "
+                    f"got {row['batch_size']!r}, {row['tokens']!r}, {row['latency_s']!r}") from None
+            if b < 1 or tokens < 1 or not (s > 0 and math.isfinite(s)):
+                raise TableError(f"{path}:{n}: need batch_size >= 1, tokens >= 1 and latency_s > 0")
+            rows[row["module"]].append((b, tokens, s))
         side = path.with_suffix(".json")
         meta = json.loads(side.read_text()) if side.is_file() else {}
         model = cls(rows["prefill"], rows["decode"], source=str(path), meta=meta,
