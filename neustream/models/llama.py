@@ -33,7 +33,7 @@ import statistics
 import sys
 import time
 
-from neustream.models.opt import _time, build_on_device, capture_graph
+from neustream.models.opt import _time, build_on_device, capture_graph, layer_caches
 from neustream.programs import get_llm_program, image_tokens
 
 # Profiling grids (tokens are per prompt for prefill, per sequence for decode).
@@ -87,20 +87,12 @@ def build_model(program, device, dtype):
 
 def kv_cache(model, batch: int, length: int, device, dtype, fill: bool):
     """Per-layer (keys, values) tensors [batch, kv_heads, length, head_dim]; random if ``fill``."""
-    import torch
 
     lm, _ = language_model(model)
     attn = lm.layers[0].self_attn
     kv_heads = attn.k_proj.out_features // attn.head_dim
-    out = []
-    for _ in lm.layers:
-        k = torch.empty(batch, kv_heads, length, attn.head_dim, device=device, dtype=dtype)
-        v = torch.empty_like(k)
-        if fill:
-            k.normal_(0, 1)
-            v.normal_(0, 1)
-        out.append((k, v))
-    return out
+    return layer_caches(len(lm.layers), batch, kv_heads, length, attn.head_dim, device, dtype,
+                        fill)
 
 
 def forward_step(model, ids, start: int, cache, *, embeds=None):

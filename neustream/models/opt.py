@@ -117,12 +117,20 @@ def capture_graph(fn, device):
 
 def kv_cache(model, batch: int, length: int, device, dtype, fill: bool):
     """Per-layer (keys, values) tensors [batch, heads, length, head_dim]; random if ``fill``."""
-    import torch
 
     c = model.config
     heads, dim = c.num_attention_heads, c.hidden_size // c.num_attention_heads
+    return layer_caches(c.num_hidden_layers, batch, heads, length, dim, device, dtype, fill)
+
+
+def layer_caches(layers: int, batch: int, heads: int, length: int, dim: int, device, dtype,
+                 fill: bool):
+    """Per-layer (keys, values) tensors [batch, heads, length, dim]; random if ``fill`` (a
+    decode step then attends to values, not to uninitialised memory)."""
+    import torch
+
     out = []
-    for _ in range(c.num_hidden_layers):
+    for _ in range(layers):
         k = torch.empty(batch, heads, length, dim, device=device, dtype=dtype)
         v = torch.empty_like(k)
         if fill:

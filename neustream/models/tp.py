@@ -43,7 +43,7 @@ import zlib
 from dataclasses import dataclass
 
 from neustream.models.opt import (DECODE_BATCHES, DECODE_CONTEXTS, PREFILL_BATCHES,
-                                  PREFILL_LENGTHS, _time, capture_graph, decode_grid,
+                                  PREFILL_LENGTHS, _time, capture_graph, decode_grid, layer_caches,
                                   prefill_grid)
 from neustream.programs import get_llm_program
 
@@ -147,19 +147,11 @@ def build_shard(program, rank: int, world: int, device, dtype, seed: int = 0):
 
 def kv_cache_tp(model, batch: int, length: int, device, dtype, fill: bool):
     """Per-layer (keys, values) [batch, heads/N, length, head_dim]: this rank's heads only."""
-    import torch
 
     c = model.config
     dim = c.hidden_size // c.num_attention_heads
-    out = []
-    for _ in range(c.num_hidden_layers):
-        k = torch.empty(batch, model.shard.heads, length, dim, device=device, dtype=dtype)
-        v = torch.empty_like(k)
-        if fill:
-            k.normal_(0, 1)
-            v.normal_(0, 1)
-        out.append((k, v))
-    return out
+    return layer_caches(c.num_hidden_layers, batch, model.shard.heads, length, dim, device, dtype,
+                        fill)
 
 
 def _all_gather(out, x):
