@@ -7,16 +7,9 @@ import json
 import pandas as pd
 import pytest
 import yaml
-from test_workflow import ROOT, job_counts, snakemake, workdir  # noqa: F401 (fixture)
+from test_workflow import ROOT, job_counts, snakemake, sweep_points, workdir  # noqa: F401
 
 CFG = str(ROOT / "tests/configs/agent_sim.yaml")
-
-
-def _points(spec):
-    d = spec["default"]
-    pts = {tuple(float(v) if p == s else float(d[p]) for p in ("rate", "cv", "slo"))
-           for s in ("rate", "cv", "slo") for v in spec.get(s, [])}
-    return pts or {tuple(float(d[p]) for p in ("rate", "cv", "slo"))}
 
 
 def test_default_config_plans_the_agent_runs(workdir):  # noqa: F811
@@ -25,8 +18,8 @@ def test_default_config_plans_the_agent_runs(workdir):  # noqa: F811
     agent = yaml.safe_load((ROOT / "config/config.yaml").read_text())["agent"]
     systems = len(agent["systems"])
     live_systems = len(agent["live"].get("systems") or agent["systems"])
-    live = sum(len(_points(s)) for s in agent["live"]["workloads"].values())
-    sim = sum(len(_points(s)) for s in agent["sim"]["workloads"].values())
+    live = sum(len(sweep_points(s)) for s in agent["live"]["workloads"].values())
+    sim = sum(len(sweep_points(s)) for s in agent["sim"]["workloads"].values())
     assert jobs["serve_agent"] == live * live_systems
     assert jobs["simulate_agent"] == live * live_systems + sim * systems  # live traces too
     assert jobs["exec_times"] == 1  # measured here for the live pipeline

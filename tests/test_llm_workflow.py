@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import yaml
-from test_workflow import ROOT, job_counts, snakemake, workdir  # noqa: F401 (fixture)
+from test_workflow import ROOT, job_counts, snakemake, sweep_points, workdir  # noqa: F401
 
 CFG = str(ROOT / "tests/configs/llm_sim.yaml")
 
@@ -16,13 +16,8 @@ def test_default_config_plans_the_llm_runs(workdir):  # noqa: F811
     llm = yaml.safe_load((ROOT / "config/config.yaml").read_text())["llm"]
     systems = len(llm["systems"])
 
-    def points(spec):
-        d = spec["default"]
-        return {tuple(float(v) if p == s else float(d[p]) for p in ("rate", "cv", "slo"))
-                for s in ("rate", "cv", "slo") for v in spec.get(s, [])}
-
-    live = sum(len(points(s)) for s in llm["live"]["workloads"].values())
-    sim = sum(len(points(s)) for s in llm["sim"]["workloads"].values())
+    live = sum(len(sweep_points(s)) for s in llm["live"]["workloads"].values())
+    sim = sum(len(sweep_points(s)) for s in llm["sim"]["workloads"].values())
     assert jobs["serve_llm"] == live * systems
     assert jobs["simulate_llm"] == (live + sim) * systems  # live traces are simulated too
     agent_models = 2 if (yaml.safe_load((ROOT / "config/config.yaml").read_text())

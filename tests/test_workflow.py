@@ -22,6 +22,15 @@ def snakemake(*args: str, cwd: Path = ROOT, check: bool = True) -> subprocess.Co
     return p
 
 
+
+def sweep_points(spec) -> set:
+    """(rate, cv, slo) points of a workload spec: each sweep through the default point, the
+    default alone when there is no sweep (as rules/common.smk's points())."""
+    d = spec["default"]
+    pts = {tuple(float(v) if p == s else float(d[p]) for p in ("rate", "cv", "slo"))
+           for s in ("rate", "cv", "slo") for v in spec.get(s, [])}
+    return pts or {tuple(float(d[p]) for p in ("rate", "cv", "slo"))}
+
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     for name in WORKFLOW:

@@ -87,7 +87,6 @@ def build_model(program, device, dtype):
 
 def kv_cache(model, batch: int, length: int, device, dtype, fill: bool):
     """Per-layer (keys, values) tensors [batch, kv_heads, length, head_dim]; random if ``fill``."""
-
     lm, _ = language_model(model)
     attn = lm.layers[0].self_attn
     kv_heads = attn.k_proj.out_features // attn.head_dim

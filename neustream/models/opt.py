@@ -117,7 +117,6 @@ def capture_graph(fn, device):
 
 def kv_cache(model, batch: int, length: int, device, dtype, fill: bool):
     """Per-layer (keys, values) tensors [batch, heads, length, head_dim]; random if ``fill``."""
-
     c = model.config
     heads, dim = c.num_attention_heads, c.hidden_size // c.num_attention_heads
     return layer_caches(c.num_hidden_layers, batch, heads, length, dim, device, dtype, fill)

@@ -147,7 +147,6 @@ def build_shard(program, rank: int, world: int, device, dtype, seed: int = 0):
 
 def kv_cache_tp(model, batch: int, length: int, device, dtype, fill: bool):
     """Per-layer (keys, values) [batch, heads/N, length, head_dim]: this rank's heads only."""
-
     c = model.config
     dim = c.hidden_size // c.num_attention_heads
     return layer_caches(c.num_hidden_layers, batch, model.shard.heads, length, dim, device, dtype,
