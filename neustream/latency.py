@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from neustream.programs import Program
+    from neustream.catalog.diffusion import Program
     from neustream.request import Request
 
 COLUMNS = ("module", "batch_size", "latency_s")
@@ -403,3 +403,43 @@ def llm_capacity_rps(model: LlmLatencyModel, program, prompt_tokens: list[int],
         b = max(1, min(b, int(kv_capacity_tokens // (p + o))))
     per_token = model.decode_s(b, b * (p + o / 2)) / b
     return 1.0 / (prefill + (o - 1) * per_token)
+
+
+# -- multi-agent pipelines ----------------------------------------------------------------------
+
+
+def exec_seconds(table_rows: list[dict]) -> dict[str, float]:
+    """Median seconds per plotting program from exec-times rows (plot, seconds, status)."""
+    by_plot: dict[str, list[float]] = {}
+    for r in table_rows:
+        by_plot.setdefault(str(r["plot"]), []).append(float(r["seconds"]))
+    return {p: sorted(v)[len(v) // 2] for p, v in by_plot.items()}
+
+
+def read_exec_times(path: str | Path) -> dict[str, float]:
+    """Median seconds per plotting program of an exec-times CSV (its ``ok`` rows)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"exec-times table {path} does not exist")
+    with path.open(newline="") as f:
+        return exec_seconds([r for r in csv.DictReader(f) if r.get("status", "ok") == "ok"])
+
+
+def agent_capacity_rps(program, models: dict[str, LlmLatencyModel], placement: dict[str, int],
+                       rows: list[dict]) -> float:
+    """Requests per second a pipeline (catalog.agent.AgentProgram) could finish at best: each
+    device's busiest share of work per request (its instances' stages, each LLM stage's
+    per-request time at full batches divided among its replicas), the slowest device bounding
+    the pipeline."""
+    from neustream.catalog.llm import get_llm_program
+
+    load: dict[int, float] = {}
+    for s in program.llm_stages:
+        prog = get_llm_program(s.model)
+        m = models[s.name]
+        per_req = 1.0 / llm_capacity_rps(m, prog, [r[f"{s.name}_prompt"] for r in rows],
+                                         [r[f"{s.name}_output"] for r in rows])
+        per_req += m.vision_s(8 * s.images) / 8 if s.images else 0.0
+        for inst in s.instances():
+            load[placement[inst]] = load.get(placement[inst], 0.0) + per_req / s.replicas
+    return 1.0 / max(load.values())

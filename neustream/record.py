@@ -1,9 +1,11 @@
-"""The serving record: one run directory, the same for every engine.
+"""The serving record: one run directory, the same for every engine and family.
 
-``requests.jsonl`` has one line per trace request, ``batches.jsonl`` one line per
-executed batch, ``summary.json`` the settings and counts. Every file is written
-to a temporary name and renamed; ``summary.json`` comes last, so a run without a
-summary did not finish and is never taken for a result.
+``requests.jsonl`` has one line per trace request (each request class builds its own line,
+request.py), ``batches.jsonl`` one line per executed batch or engine step, ``summary.json`` the
+settings and counts. Every file is written to a temporary name and renamed; ``summary.json``
+comes last, so a run without a summary did not finish and is never taken for a result. The
+summary of each family: ``summarize`` (requests), ``summarize_llm`` (+ tokens),
+``summarize_agent`` (+ stages).
 """
 
 from __future__ import annotations
@@ -11,30 +13,68 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 if TYPE_CHECKING:
-    from neustream.engine.base import Run
+    from neustream.catalog.agent import AgentProgram
 
 REQUESTS, BATCHES, SUMMARY = "requests.jsonl", "batches.jsonl", "summary.json"
 FAILED_SUFFIX = ".failed"  # a crashed live run keeps its partial records under this name
 
 
-def request_row(r) -> dict:
-    row = {
-        "id": r.id,
-        "arrival_s": r.arrival_s,
-        "deadline_s": r.deadline_s,
-        "finish_s": r.finish_s,
-        "status": r.status.name.lower(),
-        "steps": r.steps,
-        **r.fields,
-        "modules": r.module_s,
-    }
-    if r.dropped_at is not None:
-        row["dropped_at"] = r.dropped_at
-        row["dropped_s"] = r.dropped_s
-    return row
+# -- writing ------------------------------------------------------------------------------------
+
+
+def _write_lines(path: Path, rows: Iterable[dict]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w") as f:
+        for row in rows:
+            f.write(json.dumps(row, separators=(",", ":")) + "\n")
+    os.replace(tmp, path)
+
+
+def write_run(out_dir: str | Path, requests: list[dict], batches: list[dict],
+              make_summary: Callable[[], dict]) -> dict:
+    """The three files of a finished run, in order: any old summary removed first, requests
+    and batches, then ``make_summary()`` written last under a temporary name and renamed.
+    Returns the summary."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / SUMMARY).unlink(missing_ok=True)
+    _write_lines(out / REQUESTS, requests)
+    _write_lines(out / BATCHES, batches)
+    summary = make_summary()
+    tmp = out / (SUMMARY + ".tmp")
+    tmp.write_text(json.dumps(summary, indent=1) + "\n")
+    os.replace(tmp, out / SUMMARY)
+    return summary
+
+
+def write_failed(out_dir: str | Path, requests: list[dict], batches: list[dict], settings: dict,
+                 error: str) -> Path:
+    """Keep the partial records of a run that stopped early: requests (unfinished ones with
+    status queued or running) and batches so far, the settings and the error; never a summary."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_lines(out / REQUESTS, requests)
+    _write_lines(out / BATCHES, batches)
+    (out / "error.json").write_text(json.dumps({**settings, "error": error}, indent=1) + "\n")
+    return out
+
+
+# -- reading ------------------------------------------------------------------------------------
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    with Path(path).open() as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def read_summary(path: str | Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+# -- summaries ----------------------------------------------------------------------------------
 
 
 def summarize(requests: list[dict], settings: dict) -> dict:
@@ -57,59 +97,6 @@ def summarize(requests: list[dict], settings: dict) -> dict:
         # Requests finished within their SLO per second of trace.
         "goodput_rps": counts["ok"] / span_s if span_s > 0 else 0.0,
     }
-
-
-def _write_lines(path: Path, rows: Iterable[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w") as f:
-        for row in rows:
-            f.write(json.dumps(row, separators=(",", ":")) + "\n")
-    os.replace(tmp, path)
-
-
-def write_run(out_dir: str | Path, run: Run, settings: dict) -> dict:
-    """Write the three files of a finished run; return the summary."""
-    rows = [request_row(r) for r in run.requests]
-    return write_records(out_dir, rows, run.batches, lambda: summarize(rows, settings))
-
-
-def write_records(out_dir: str | Path, requests: list[dict], batches: list[dict],
-                  make_summary) -> dict:
-    """The three files in order: any old summary removed first, requests and batches, then
-    ``make_summary()`` written last under a temporary name and renamed."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / SUMMARY).unlink(missing_ok=True)
-    _write_lines(out / REQUESTS, requests)
-    _write_lines(out / BATCHES, batches)
-    summary = make_summary()
-    tmp = out / (SUMMARY + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=1) + "\n")
-    os.replace(tmp, out / SUMMARY)
-    return summary
-
-
-def write_failed(out_dir: str | Path, run: Run, settings: dict, error: str) -> Path:
-    """Keep the partial records of a run that stopped early: requests (unfinished ones with
-    status queued or running) and batches so far, the settings and the error; never a summary."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    _write_lines(out / REQUESTS, (request_row(r) for r in run.requests))
-    _write_lines(out / BATCHES, run.batches)
-    (out / "error.json").write_text(json.dumps({**settings, "error": error}, indent=1) + "\n")
-    return out
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    with Path(path).open() as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def read_summary(path: str | Path) -> dict:
-    return json.loads(Path(path).read_text())
-
-
-# -- LLM runs -------------------------------------------------------------------------------------
 
 
 def summarize_llm(requests: list[dict], settings: dict) -> dict:
@@ -139,20 +126,9 @@ def summarize_llm(requests: list[dict], settings: dict) -> dict:
     }
 
 
-def write_llm_run(out_dir: str | Path, requests: list[dict], batches: list[dict],
-                  settings: dict) -> dict:
-    """Write an LLM run's three files from its request rows (LlmRequest.row()); return the summary."""
-    return write_records(out_dir, requests, batches, lambda: summarize_llm(requests, settings))
-
-
-# -- multi-agent runs ----------------------------------------------------------------------------
-
-
-def summarize_agent(requests: list[dict], settings: dict, program) -> dict:
+def summarize_agent(requests: list[dict], settings: dict, program: AgentProgram) -> dict:
     """``summarize`` (end to end: ok = left the last stage in time) plus, per stage, counts and
-    goodputs (agent.stage_summary) and flat ``tps_<stage>`` columns for LLM stages."""
-    from neustream.agent import stage_summary
-
+    goodputs (stage_summary) and flat ``tps_<stage>`` columns for LLM stages."""
     s = summarize(requests, settings)
     stages = stage_summary(program, requests, s["span_s"])
     on_time = sum(r["tokens_on_time"] for r in requests)
@@ -169,8 +145,28 @@ def summarize_agent(requests: list[dict], settings: dict, program) -> dict:
     }
 
 
-def write_agent_run(out_dir: str | Path, requests: list[dict], batches: list[dict],
-                    settings: dict, program) -> dict:
-    """Write a multi-agent run's three files (AgentRequest.row_out rows); return the summary."""
-    return write_records(out_dir, requests, batches,
-                         lambda: summarize_agent(requests, settings, program))
+def stage_summary(program: AgentProgram, rows: list[dict], span_s: float) -> dict:
+    """Per-stage counts and goodputs from request rows (AgentRequest.row()): for LLM stages,
+    tokens on time per second of trace and the good-prefill / good-decode rates of the
+    artifact's Figure 19 (requests whose first / last token met its deadline, per second)."""
+    out = {}
+    for s in program.stages:
+        visits = [r["stages"][s.name] for r in rows if s.name in r["stages"]]
+        d = {"n_in": len(visits),
+             "n_forwarded": sum(v["outcome"] == "forwarded" for v in visits),
+             "n_dropped": sum(v["outcome"] == "dropped" for v in visits),
+             "n_late_at_exit": sum(v["outcome"] in ("boundary", "late") for v in visits)}
+        if s.kind == "llm":
+            on_time = sum(v["tokens_on_time"] for v in visits)
+            d.update(tokens_requested=sum(v["output_tokens"] for v in visits),
+                     tokens_on_time=on_time,
+                     token_goodput_tps=on_time / span_s if span_s > 0 else 0.0,
+                     good_prefill_rps=sum(v["ttft_ok"] for v in visits) / span_s if span_s > 0 else 0.0,
+                     good_decode_rps=sum(v["last_ok"] for v in visits) / span_s if span_s > 0 else 0.0)
+        else:
+            secs = [v["end_s"] - v["start_s"] for v in visits
+                    if v["start_s"] is not None and v["end_s"] is not None]
+            d.update(exec_ok=sum(v["exec_status"] == "ok" for v in visits),
+                     mean_exec_s=sum(secs) / len(secs) if secs else None)
+        out[s.name] = d
+    return out

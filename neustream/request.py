@@ -1,12 +1,9 @@
-"""One request of a trace as it moves through a program, and the queues that hold it."""
+"""One request of a trace as it moves through a program: one class per family, one status."""
 
 from __future__ import annotations
 
-import bisect
-from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Callable, Iterator
 
 
 class Status(IntEnum):
@@ -67,73 +64,22 @@ class Request:
         if module in self.module_s:
             self.module_s[module][1] = now_s
 
-
-class RequestQueue(ABC):
-    """Requests waiting at one module, iterated in the queue's order."""
-
-    @abstractmethod
-    def add(self, request: Request) -> None: ...
-
-    @abstractmethod
-    def remove(self, request: Request) -> None: ...
-
-    @abstractmethod
-    def __iter__(self) -> Iterator[Request]: ...
-
-    @abstractmethod
-    def __len__(self) -> int: ...
-
-    def __bool__(self) -> bool:
-        return len(self) > 0
-
-
-class _SortedQueue(RequestQueue):
-    key: Callable[[Request], tuple]
-
-    def __init__(self) -> None:
-        self._items: list[tuple[tuple, Request]] = []
-
-    def add(self, request: Request) -> None:
-        bisect.insort(self._items, (self.key(request), request), key=lambda kv: kv[0])
-
-    def remove(self, request: Request) -> None:
-        k = self.key(request)
-        i = bisect.bisect_left(self._items, k, key=lambda kv: kv[0])
-        while self._items[i][1] is not request:
-            i += 1
-        del self._items[i]
-
-    def __iter__(self) -> Iterator[Request]:
-        return iter([r for _, r in self._items])
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-
-class FifoQueue(_SortedQueue):
-    """First come first served at this module (time entered, then id)."""
-
-    @staticmethod
-    def key(r: Request) -> tuple:
-        return (r.queued_s, r.id)
-
-
-class EdfQueue(_SortedQueue):
-    """Earliest deadline first (deadline, then id)."""
-
-    @staticmethod
-    def key(r: Request) -> tuple:
-        return (r.deadline_s, r.id)
-
-
-QUEUES: dict[str, type[RequestQueue]] = {"fifo": FifoQueue, "edf": EdfQueue}
-
-
-def make_queue(order: str) -> RequestQueue:
-    try:
-        return QUEUES[order]()
-    except KeyError:
-        raise ValueError(f"unknown queue order {order!r}; choose from {', '.join(QUEUES)}") from None
+    def row(self) -> dict:
+        """This request's line of requests.jsonl."""
+        row = {
+            "id": self.id,
+            "arrival_s": self.arrival_s,
+            "deadline_s": self.deadline_s,
+            "finish_s": self.finish_s,
+            "status": self.status.name.lower(),
+            "steps": self.steps,
+            **self.fields,
+            "modules": self.module_s,
+        }
+        if self.dropped_at is not None:
+            row["dropped_at"] = self.dropped_at
+            row["dropped_s"] = self.dropped_s
+        return row
 
 
 @dataclass(eq=False)
@@ -214,3 +160,76 @@ class LlmRequest:
         if token_times:
             row["token_s"] = self.token_s
         return row
+
+
+# -- multi-agent requests ------------------------------------------------------------------------
+
+
+@dataclass
+class Visit:
+    """One request's passage through one stage."""
+
+    stage: str
+    arrival_s: float
+    budget_s: float
+    instance: str | None = None
+    llm: LlmRequest | None = None  # LLM stages: the engine's view of the request
+    start_s: float | None = None  # exec stages: when the code started
+    end_s: float | None = None  # when the request left the stage (finished or dropped)
+    deadline_s: float | None = None
+    slack_s: float | None = None  # deadline - end when it finished
+    outcome: str = "running"  # forwarded | late | dropped (in the stage) | boundary (late at exit)
+    exec_status: str | None = None  # the sandbox's status (ok, error, timeout, ...)
+
+    def row(self, token_times: bool = False) -> dict:
+        out = {"arrival_s": self.arrival_s, "budget_s": self.budget_s, "end_s": self.end_s,
+               "deadline_s": self.deadline_s, "slack_s": self.slack_s, "outcome": self.outcome}
+        if self.instance is not None:
+            out["instance"] = self.instance
+        if self.llm is not None:
+            r = self.llm
+            on_time = r.tokens_on_time()
+            out.update(prompt_tokens=r.prompt_tokens, output_tokens=r.output_tokens,
+                       tokens_generated=r.num_generated, tokens_on_time=on_time,
+                       first_token_s=r.token_s[0] if r.token_s else None,
+                       ttft_ok=bool(r.token_s) and r.token_s[0] <= r.deadline_of(1),
+                       last_ok=r.num_generated == r.output_tokens
+                       and r.token_s[-1] <= r.deadline_s,
+                       preemptions=r.num_preemptions)
+            if token_times:
+                out["token_s"] = r.token_s
+        else:
+            out.update(start_s=self.start_s, exec_status=self.exec_status)
+        return out
+
+
+@dataclass
+class AgentRequest:
+    id: int
+    arrival_s: float
+    fields: dict  # its trace row
+    visits: list[Visit] = field(default_factory=list)
+    status: Status = Status.QUEUED
+    finish_s: float | None = None
+    dropped_at: str | None = None
+    image: object = None  # live runs: the image its last code stage produced
+
+    def row(self, token_times: bool = False) -> dict:
+        """This request's line of requests.jsonl: every stage it reached."""
+        last = self.visits[-1] if self.visits else None
+        stages = {v.stage: v.row(token_times) for v in self.visits}
+        llm = [v for v in stages.values() if "tokens_on_time" in v]
+        out = {
+            "id": self.id, "arrival_s": self.arrival_s,
+            "deadline_s": last.deadline_s if last else None,
+            "finish_s": self.finish_s, "status": self.status.name.lower(),
+            "plot": self.fields.get("plot"),
+            "output_tokens": sum(v["output_tokens"] for v in llm),
+            "tokens_generated": sum(v["tokens_generated"] for v in llm),
+            "tokens_on_time": sum(v["tokens_on_time"] for v in llm),
+            "stages": stages,
+        }
+        if self.dropped_at is not None:
+            out["dropped_at"] = self.dropped_at
+            out["dropped_s"] = last.end_s if last else None
+        return out

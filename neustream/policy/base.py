@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Mapping
 
 if TYPE_CHECKING:
+    from neustream.catalog.diffusion import Program
     from neustream.latency import LatencyTable
-    from neustream.programs import Program
-    from neustream.request import Request, RequestQueue
+    from neustream.queues import RequestQueue
+    from neustream.request import Request
 
-PIPELINE = "pipeline"  # the one queue of a whole-request policy
+WHOLE_REQUESTS = "pipeline"  # the one queue of a whole-request policy (its name in records)
 
 
 @dataclass
@@ -40,10 +41,10 @@ class Policy(ABC):
     """Decides, each time a device is free, which batch runs next and what to drop."""
 
     name: str
-    # True: a batch runs whole requests end to end (one queue, ``PIPELINE``).
+    # True: a batch runs whole requests end to end (one queue, ``WHOLE_REQUESTS``).
     # False: a batch runs one call of one module (one queue per module).
     whole_requests: bool = False
-    # Order of each queue the engine keeps for this policy (see request.QUEUES).
+    # Order of each queue the engine keeps for this policy (see queues.QUEUES).
     queue_order: str = "fifo"
 
     def __init__(self, program: Program, table: LatencyTable, slo: float) -> None:
@@ -58,7 +59,7 @@ class Policy(ABC):
 
     @property
     def queue_names(self) -> tuple[str, ...]:
-        return (PIPELINE,) if self.whole_requests else self.program.module_names
+        return (WHOLE_REQUESTS,) if self.whole_requests else self.program.module_names
 
     @abstractmethod
     def decide_module(self, module: str, queue: RequestQueue, now_s: float) -> Decision:

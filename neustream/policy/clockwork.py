@@ -18,12 +18,12 @@ from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from neustream.latency import pipeline_s
-from neustream.policy.base import PIPELINE, Decision, Policy
+from neustream.policy.base import WHOLE_REQUESTS, Decision, Policy
 
 if TYPE_CHECKING:
+    from neustream.catalog.diffusion import Program
     from neustream.latency import LatencyTable
-    from neustream.programs import Program
-    from neustream.request import RequestQueue
+    from neustream.queues import RequestQueue
 
 
 class ClockworkPolicy(Policy):
@@ -43,12 +43,12 @@ class ClockworkPolicy(Policy):
         return self.max_batch
 
     def decide_module(self, module: str, queue: RequestQueue, now_s: float) -> Decision:
-        assert module == PIPELINE
+        assert module == WHOLE_REQUESTS
         drops = []
         groups = defaultdict(list)  # steps -> requests, earliest deadline first
         for r in queue:
             if now_s + self.batch_s(r.steps, 1) > r.deadline_s:
-                drops.append((PIPELINE, r))
+                drops.append((WHOLE_REQUESTS, r))
             else:
                 groups[r.steps].append(r)
         best = None  # (latest start, steps, batch)
@@ -65,5 +65,5 @@ class ClockworkPolicy(Policy):
                 if best[1] == steps:
                     best = (best[0], steps, reqs[first:first + b])  # largest feasible b wins
         if best is None:
-            return Decision(PIPELINE, [], drops)
-        return Decision(PIPELINE, best[2], drops)
+            return Decision(WHOLE_REQUESTS, [], drops)
+        return Decision(WHOLE_REQUESTS, best[2], drops)

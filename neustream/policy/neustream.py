@@ -26,9 +26,9 @@ from neustream.latency import remaining_s
 from neustream.policy.base import Decision, Policy
 
 if TYPE_CHECKING:
+    from neustream.catalog.diffusion import Program
     from neustream.latency import LatencyTable
-    from neustream.programs import Program
-    from neustream.request import Request, RequestQueue
+    from neustream.queues import RequestQueue
 
 
 def fixed_cap(table: LatencyTable, module: str, slo: float, step_delta: float) -> int:

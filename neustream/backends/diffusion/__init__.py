@@ -1,0 +1,1 @@
+"""Diffusion modules served live: networks, request pools, CUDA graphs, the server, weights."""

@@ -1,0 +1,1 @@
+"""vLLM: the NeuStream scheduler plug-ins, in-process and per-process engines, model folders."""

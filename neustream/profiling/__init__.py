@@ -1,0 +1,1 @@
+"""Producers of latency tables: diffusion modules, LLM engine steps, code run times."""

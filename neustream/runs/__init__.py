@@ -1,0 +1,1 @@
+"""One run = spec -> set-up -> engine -> record, for every family (what verbs and rules call)."""

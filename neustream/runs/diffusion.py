@@ -1,0 +1,167 @@
+"""Diffusion runs: a spec's table, policy and requests, served by the simulator or live.
+
+Both engines end in the same record (record.py); a live run that fails keeps its partial
+records in ``<out>.failed/`` and raises RunError.
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from neustream.catalog.diffusion import get_program
+from neustream.latency import LatencyTable, capacity_rps
+from neustream.policy import make_policy
+from neustream.record import FAILED_SUFFIX, summarize, write_failed, write_run
+from neustream.runs.errors import RunError
+from neustream.traces import check_positive, make_trace, read_trace, to_requests
+
+if TYPE_CHECKING:
+    from neustream.catalog.diffusion import Program
+    from neustream.policy.base import Policy
+    from neustream.request import Request
+    from neustream.runs.spec import RunSpec
+
+
+@dataclass
+class Setup:
+    program: Program
+    table: LatencyTable
+    policy: Policy
+    requests: list[Request]
+
+
+def setup(spec: RunSpec) -> Setup:
+    """Checked settings, the latency table, the policy and the requests with deadlines."""
+    program = get_program(spec.workload)
+    check_positive("rate", spec.rate)
+    check_positive("cv", spec.cv)
+    table = LatencyTable.from_csv(spec.latency, program)
+    policy = make_policy(spec.system, program, table, spec.slo, spec.step_delta)
+    rows = read_trace(spec.trace, program) if spec.trace else make_trace(
+        program, spec.rate, spec.cv, spec.n_requests, spec.seed)
+    return Setup(program, table, policy, to_requests(rows, program, table, spec.slo))
+
+
+def settings(spec: RunSpec, s: Setup, backend: str) -> dict:
+    """The summary's settings, in its order."""
+    mean_steps = sum(r.steps for r in s.requests) / len(s.requests)
+    return {
+        "workload": spec.workload, "system": spec.system, "backend": backend,
+        "device": spec.record_device, "rate": spec.rate, "cv": spec.cv, "slo": spec.slo,
+        "seed": spec.seed, "step_delta": spec.step_delta, "sweeps": list(spec.sweeps),
+        "latency_table": str(spec.latency), "trace": str(spec.trace) if spec.trace else None,
+        "caps": {m: s.policy.cap(m) for m in s.policy.queue_names},
+        "capacity_rps": capacity_rps(s.program, s.table, mean_steps),
+    }
+
+
+def _report(spec: RunSpec, summary: dict, wall_s: float, live: bool = False) -> None:
+    print(f"{spec.workload} {spec.system}{' live' if live else ''} rate={spec.rate} cv={spec.cv} "
+          f"slo={spec.slo}: {summary['n_ok']}/{summary['n_requests']} on time, "
+          f"{summary['n_late']} late, {summary['n_dropped']} dropped, goodput "
+          f"{summary['goodput_rps']:.3f} req/s ({wall_s} s)", file=sys.stderr)
+
+
+# -- simulated ----------------------------------------------------------------------------------
+
+
+def simulate(spec: RunSpec) -> dict:
+    """Simulate the spec's run and write its record; return the summary."""
+    from neustream.engine.diffusion.sim import simulate as engine
+
+    s = setup(spec)
+    t0 = time.perf_counter()
+    n, last = len(s.requests), s.requests[-1].arrival_s
+
+    def progress(sim) -> None:
+        # Goodput so far: on-time requests per second of trace up to now (the summary's
+        # goodput divides by the whole trace's span instead).
+        done, ok, now_s = sim.state.n_done, sim.state.n_ok, sim.now_s
+        print(f"[{spec.system} {spec.workload}] {done}/{n} requests done ({done / n:.0%}), "
+              f"{ok} on time, goodput {ok / now_s if now_s > 0 else 0.0:.3f} req/s at "
+              f"t={now_s:.1f} s of {last:.1f} s ({time.perf_counter() - t0:.1f} s wall)",
+              file=sys.stderr, flush=True)
+
+    state = engine(s.policy, s.table, s.requests, progress=progress)
+    config = {**settings(spec, s, "sim"), "wall_s": round(time.perf_counter() - t0, 3)}
+    rows = [r.row() for r in state.requests]
+    summary = write_run(spec.out, rows, state.batches, lambda: summarize(rows, config))
+    _report(spec, summary, config["wall_s"])
+    return summary
+
+
+# -- live ---------------------------------------------------------------------------------------
+
+
+def serve(spec: RunSpec) -> dict:
+    """Serve the spec's run live with real modules; write its record; return the summary."""
+    import torch
+
+    from neustream.backends.diffusion.server import (
+        DiffusionServer,
+        parse_placement,
+        table_modules,
+    )
+    from neustream.backends.diffusion.weights import WeightsError
+    from neustream.engine.diffusion.live import LiveError
+    from neustream.engine.diffusion.live import serve as engine
+
+    s = setup(spec)
+    mods = table_modules(spec.latency)  # run the modules the table describes
+    if spec.graphs != "table":
+        mods["graphs"] = spec.graphs == "on"
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
+    try:
+        server = DiffusionServer(
+            spec.workload, {m: s.policy.cap(m) for m in s.program.module_names},
+            size=mods["size"], device=mods["device"], dtype=mods["dtype"], graphs=mods["graphs"],
+            weights=spec.weights, weights_dir=spec.weights_dir, seed=spec.seed,
+            max_requests=len(s.requests),
+            placement=parse_placement(spec.placement) if spec.placement else None)
+    except WeightsError as e:
+        raise RunError(str(e)) from None
+    server.prepare()
+    config = {**settings(spec, s, "live"), "server": server.describe(),
+              "table_device_name": mods["device_name"]}
+
+    def progress(run, now_s: float) -> None:
+        print(f"[{spec.system} {spec.workload}] t={now_s:.1f} s: {run.n_done}/{len(s.requests)} "
+              f"done, {run.n_ok} on time", file=sys.stderr, flush=True)
+
+    failed = spec.out.with_name(spec.out.name + FAILED_SUFFIX)
+    shutil.rmtree(failed, ignore_errors=True)  # a rerun starts clean
+    t0 = time.perf_counter()
+    try:
+        run = engine(s.policy, server, s.requests, max_lag_s=spec.max_lag, progress=progress,
+                     lookahead=spec.lookahead)
+    except LiveError as e:
+        write_failed(failed, [r.row() for r in e.run.requests], e.run.batches, config, str(e))
+        print(f"[serve] partial records kept in {failed}", file=sys.stderr)
+        raise RunError(str(e)) from None
+    config.update(live_settings(run, s), wall_s=round(time.perf_counter() - t0, 3))
+    rows = [r.row() for r in run.requests]
+    summary = write_run(spec.out, rows, run.batches, lambda: summarize(rows, config))
+    _report(spec, summary, summary["wall_s"], live=True)
+    return summary
+
+
+def live_settings(run, s: Setup) -> dict:
+    """What a live run's summary adds: arrival lags, server overhead, batch time over table."""
+    from neustream.analysis.overhead import overhead, table_error
+
+    lags = getattr(run, "lags", [])
+    caps = {m: s.policy.cap(m) for m in s.policy.queue_names}
+    return {
+        "arrival_lag_s": {"max": max(lags, default=0.0),
+                          "mean": statistics.fmean(lags) if lags else 0.0},
+        "overhead": overhead(run.batches, caps),
+        "batch_time_over_table": table_error(run.batches, {r.id: r.steps for r in run.requests},
+                                             s.program, s.table),
+        "lookahead": getattr(run, "lookahead", False),
+    }
