@@ -1,5 +1,5 @@
-# NeuStream pipeline: traces -> serving runs -> goodput tables and figures.
-# `snakemake --cores all` runs config/config.yaml; see README.md.
+# NeuStream pipeline: latency tables -> traces -> serving runs -> goodput table and figures.
+# `snakemake --cores all` runs config/config.yaml; see README.md and config/README.md.
 
 from snakemake.utils import min_version
 
@@ -17,10 +17,7 @@ include: "rules/weights.smk"
 include: "rules/latency.smk"
 include: "rules/traces.smk"
 include: "rules/serve.smk"
-include: "rules/live.smk"
-include: "rules/llm.smk"
-include: "rules/agent.smk"
-include: "rules/aggregate.smk"
+include: "rules/report.smk"
 
 
 rule all:

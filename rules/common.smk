@@ -1,9 +1,11 @@
-# Config validation, sweep expansion, input functions and wildcard constraints.
-# Stage files (rules/*.smk) hold rules only.
+# Config validation, the tables of runs, traces, latency tables and figures built once from the
+# config, the input functions that look rows up, and wildcard constraints. Stage files
+# (rules/*.smk) hold rules only.
 
 import copy
 import re
 
+import pandas as pd
 from snakemake.utils import validate
 
 # Snakemake 9.27 does not pass --replace-workflow-config on to the jobs it submits to a
@@ -22,9 +24,12 @@ elif (
 
 validate(config, schema="../config/schema.yaml")
 
+FAMILIES = ("diffusion", "llm", "agent")
+PARTS = ("sim", "live")
 SWEEPS = ("rate", "cv", "slo")
-BACKEND = config["backend"]
 NUMBER = r"[0-9]+(\.[0-9]+)?(e-?[0-9]+)?"
+HERE = config["profile"]["device"]  # the device whose tables are measured on this machine
+WEIGHTS_DIR = "resources/weights"
 
 
 def fmt(x):
@@ -32,328 +37,273 @@ def fmt(x):
     return f"{float(x):g}"
 
 
-def settings(workload):
-    """{(rate, cv, slo): [sweeps it belongs to]} for one workload, as path strings."""
-    return points(config["workloads"][workload])
-
-
-def points(spec):
-    """{(rate, cv, slo): [sweeps]} of a workload spec (default point + sweeps), as path
-    strings; the default point alone when no sweep is given."""
-    point = {p: fmt(spec["default"][p]) for p in SWEEPS}
-    out = {}
-    for sweep in SWEEPS:
-        for value in spec.get(sweep) or []:
-            key = tuple(fmt(value) if p == sweep else point[p] for p in SWEEPS)
-            out.setdefault(key, []).append(sweep)
-    if not out:  # no sweep given: run the default point alone
-        out[tuple(point[p] for p in SWEEPS)] = []
+def unique(values, key, show=fmt):
+    """``values`` as they appear in paths (``show``); one given twice, or two that print the
+    same, is refused with one line naming the config key."""
+    out = [show(v) for v in values]
+    twice = sorted({v for v in out if out.count(v) > 1})
+    if twice:
+        raise ValueError(f"config: {key} lists {', '.join(map(str, twice))} twice (as written "
+                         f"or as run names print it); every run is named once")
     return out
 
 
-def run_dir(workload, system, rate, cv, slo, seed, backend=BACKEND):
-    return (f"results/runs/{backend}/{workload}/{system}/"
-            f"rate={rate}_cv={cv}_slo={slo}_seed={seed}")
+def points(spec, key):
+    """{(rate, cv, slo): [sweeps]} of a workload's sweep spec, as path strings: each sweep
+    through the default point; the default point alone when no sweep is given."""
+    point = {p: fmt(spec["default"][p]) for p in SWEEPS}
+    out = {}
+    for sweep in SWEEPS:
+        for value in unique(spec[sweep], f"{key}.{sweep}"):
+            out.setdefault(tuple(value if p == sweep else point[p] for p in SWEEPS), []).append(sweep)
+    return out or {tuple(point[p] for p in SWEEPS): []}
 
 
-def all_summaries():
-    return [
-        f"{run_dir(w, s, rate, cv, slo, seed)}/summary.json"
-        for w in config["workloads"]
-        for (rate, cv, slo) in settings(w)
-        for s in config["systems"]
-        for seed in config["seeds"]
-    ] + llm_summaries() + agent_summaries()
+def table_dir(device):
+    """Where a device's latency tables are: measured here, or committed."""
+    return f"results/latency/{device}" if device == HERE else f"{config['latency_dir']}/{device}"
 
 
-def sweeps_of(wildcards):
-    return ",".join(settings(wildcards.workload).get(
-        (wildcards.rate, wildcards.cv, wildcards.slo), []))
+def run_dir(backend, label, system, rate, cv, slo, seed):
+    return f"results/runs/{backend}/{label}/{system}/rate={rate}_cv={cv}_slo={slo}_seed={seed}"
 
 
-def step_delta(wildcards):
-    return config["workloads"][wildcards.workload].get("step_delta", config["step_delta"])
+def agent_models(program):
+    from neustream.catalog.agent import get_agent_program
+
+    return sorted({s.model for s in get_agent_program(program).llm_stages})
 
 
-def latency_table(wildcards):
-    return f"{config['latency_dir']}/{config['device']}/{wildcards.workload}.csv"
+def latency_inputs(family, program, device):
+    """(the --latency argument, the table files it stands for) of a workload's runs."""
+    tables = table_dir(device)
+    if family != "agent":
+        return f"{tables}/{program}.csv", [f"{tables}/{program}.csv"]
+    return tables, [f"{tables}/{m}.csv" for m in agent_models(program)] + [f"{tables}/exec-times.csv"]
 
 
-def default_runs(wildcards):
-    """The default point's run of every system (first seed), for the batch figure."""
-    spec = config["workloads"][wildcards.workload]["default"]
-    return [
-        run_dir(wildcards.workload, s, fmt(spec["rate"]), fmt(spec["cv"]), fmt(spec["slo"]),
-                config["seeds"][0])
-        for s in config["systems"]
-    ]
+def options(family, part, backend, sec, p, spec, latency):
+    """The family's options of one run (`neustream simulate|serve` flags)."""
+    if family == "diffusion":
+        opts = f"--step-delta {spec.get('step_delta', sec['step_delta'])}"
+        if backend == "live":
+            opts += (f" --weights {config['weights']} --weights-dir {WEIGHTS_DIR}"
+                     f" --threads {config['profile']['torch_threads']} --max-lag {p['max_lag_s']}"
+                     + (" --lookahead" if p["lookahead"] else ""))
+        return opts
+    opts = f"--pred-steps {sec['pred_steps']}"
+    if family == "agent":
+        opts += f" --placement {spec.get('placement', 'shared' if part == 'live' else 'spread')}"
+        if backend == "sim":
+            opts += f" --exec-times {latency}/exec-times.csv"
+    if backend == "live":
+        opts += f" --engine-device {p['engine_device']}"
+        if family == "agent":
+            opts += f" --kv-cache-gib {p['kv_cache_gib']}"
+    return opts
+
+
+def run_table():
+    """One row per run of the config; a run named twice is refused naming the config keys."""
+    rows = []
+    for family in FAMILIES:
+        sec = config[family]
+        seeds = unique(sec["seeds"], f"{family}.seeds", str)
+        for part in PARTS:
+            p = sec[part]
+            systems = unique(p.get("systems") or sec["systems"],
+                             f"{family}.{part}.systems" if p.get("systems") else f"{family}.systems",
+                             str)
+            backends = ["live", "sim"] if part == "live" and p["simulate"] else [part]
+            for label, spec in p["workloads"].items():
+                key = f"{family}.{part}.workloads.{label}"
+                program = spec.get("program", label)
+                device = spec.get("device", p["device"])
+                latency, files = latency_inputs(family, program, device)
+                trace_dir = f"{'live/' if part == 'live' else ''}{label}"
+                for (rate, cv, slo), sweeps in points(spec, key).items():
+                    for system in systems:
+                        for seed in seeds:
+                            for backend in backends:
+                                rows.append(dict(
+                                    family=family, part=part, key=key, label=label,
+                                    program=program, device=device, backend=backend,
+                                    system=system, rate=rate, cv=cv, slo=slo, seed=seed,
+                                    sweeps=",".join(sweeps), requests=p["requests"],
+                                    trace_dir=trace_dir, latency=latency, tables=files,
+                                    options=options(family, part, backend, sec, p, spec, latency),
+                                    run=run_dir(backend, label, system, rate, cv, slo, seed)))
+    runs = pd.DataFrame(rows)
+    if runs.empty:
+        raise ValueError("config: no runs; list workloads under diffusion, llm or agent "
+                         "(sim or live)")
+    twice = runs[runs.duplicated("run", keep=False)]
+    if not twice.empty:
+        first = twice.iloc[0]
+        keys = " and ".join(sorted(set(twice[twice.run == first.run].key)))
+        raise ValueError(f"config: {keys} both make run {first.run}; give each workload "
+                         f"another label or set `simulate: false` in its live part")
+    return runs.set_index("run", drop=False)
+
+
+RUNS = run_table()
+
+
+def trace_path(row):
+    return f"results/traces/{row.trace_dir}/rate={row.rate}_cv={row.cv}_seed={row.seed}.csv"
+
+
+def trace_table():
+    """One row per trace file: what generates it."""
+    traces = RUNS.assign(trace=[trace_path(r) for r in RUNS.itertuples()])
+    traces = traces.drop_duplicates(["trace", "program", "requests"])
+    clash = traces[traces.duplicated("trace", keep=False)]
+    if not clash.empty:
+        raise ValueError(f"config: {' and '.join(sorted(set(clash.key)))} need different traces "
+                         f"{clash.iloc[0].trace}; give them other labels")
+    return traces.set_index("trace", drop=False)
+
+
+TRACES = trace_table()
+
+
+def measured_tables():
+    """The tables measured on this machine: file stem -> how (`neustream` arguments, conda
+    env, GPUs)."""
+    prof = config["profile"]
+    out = {}
+    for row in RUNS[RUNS.device == HERE].drop_duplicates(["family", "part", "program"]).itertuples():
+        if row.family == "diffusion":
+            args = (f"profile --workload {row.program} --size {prof['size']} --device "
+                    f"{prof['torch_device']} --dtype {prof['dtype']} --repeats {prof['repeats']}"
+                    f" --warmup {prof['warmup']} --max-batch {prof['max_batch']} --served"
+                    f" --threads {prof['torch_threads']}")
+            out[row.program] = dict(args=args, env="diffusion", gpu=int(prof["torch_device"] != "cpu"))
+            continue
+        engine_device = config[row.family]["live"]["engine_device"]
+        for m in [row.program] if row.family == "llm" else agent_models(row.program):
+            out[m] = dict(args=f"profile --workload {m} --engine vllm --device {engine_device}",
+                          env="llm", gpu=int(engine_device == "cuda"))
+        if row.family == "agent":
+            out["exec-times"] = dict(args="exec-times --repeats 3", env="llm", gpu=0)
+    return out
+
+
+MEASURED = measured_tables()
+
+
+def figure_table():
+    """One row per figure: sweep figures of each workload's sweeps, and the batch sizes at the
+    default point; a figure named twice is refused."""
+    rows = []
+    for (family, part, label), g in RUNS.groupby(["family", "part", "label"], sort=False):
+        key, device = g.key.iloc[0], g.device.iloc[0]
+        spec = config[family][part]["workloads"][label]
+        prefix = "live/" if part == "live" else ""
+        for sweep in SWEEPS:
+            if spec[sweep]:
+                rows.append(dict(figure=f"{prefix}{label}_{sweep}", kind="sweep", key=key,
+                                 label=label, sweep=sweep, device=device, family=family, runs=[]))
+        d = {p: fmt(spec["default"][p]) for p in SWEEPS}
+        first = g[(g.rate == d["rate"]) & (g.cv == d["cv"]) & (g.slo == d["slo"])
+                  & (g.seed == g.seed.iloc[0])]
+        backends = " then ".join(dict.fromkeys(first.backend))
+        rows.append(dict(figure=f"{prefix}{label}_batches", kind="batches", key=key, label=label,
+                         sweep="", device=device, family=family, runs=list(first.run),
+                         title=f"{label}, default point ({backends})"))
+    figures = pd.DataFrame(rows)
+    twice = figures[figures.duplicated("figure", keep=False)]
+    if not twice.empty:
+        raise ValueError(f"config: {' and '.join(sorted(set(twice.key)))} both make figure "
+                         f"results/figures/{twice.iloc[0].figure}.png; give them other labels")
+    return figures.set_index("figure", drop=False)
+
+
+FIGURES = figure_table()
+
+
+# -- input functions ---------------------------------------------------------------------------
+
+
+def run_row(wildcards, backend):
+    run = run_dir(backend, wildcards.workload, wildcards.system, wildcards.rate, wildcards.cv,
+                  wildcards.slo, wildcards.seed)
+    if run not in RUNS.index:
+        raise ValueError(f"{run} is not a run of the config")
+    return RUNS.loc[run]
+
+
+def run_inputs(backend):
+    """Input function of a run rule: its trace, its latency tables (and weights)."""
+
+    def inputs(wildcards):
+        row = run_row(wildcards, backend)
+        out = {"trace": trace_path(row), "tables": row.tables}
+        if backend == "live" and row.family == "diffusion" and config["weights"] == "pretrained":
+            from neustream.backends.diffusion.weights import model_for
+
+            out["weights"] = f"{WEIGHTS_DIR}/{model_for(row.program)}.json"
+        return out
+
+    return inputs
+
+
+def run_param(backend, column):
+    """Params function: one column of the run's row."""
+    return lambda wildcards: run_row(wildcards, backend)[column]
+
+
+def figure_param(column):
+    """Params function: one column of the figure's row."""
+    return lambda wildcards: FIGURES.loc[wildcards.figure, column]
+
+
+def uses_gpu(row):
+    if row.family == "diffusion":
+        return int(not (row.device == HERE and config["profile"]["torch_device"] == "cpu"))
+    return int(config[row.family]["live"]["engine_device"] == "cuda")
+
+
+def live_env(wildcards):
+    return "../envs/diffusion.yaml" if run_row(wildcards, "live").family == "diffusion" else "../envs/llm.yaml"
+
+
+def trace_param(column):
+    """Params function: one column of the trace's row."""
+
+    def param(wildcards, output):
+        if output[0] not in TRACES.index:
+            raise ValueError(f"{output[0]} is not a trace of the config")
+        return TRACES.loc[output[0], column]
+
+    return param
+
+
+def summaries(runs):
+    return [f"{r}/summary.json" for r in runs]
 
 
 def final_outputs():
-    figures = [
-        f"results/figures/{w}_{sweep}.png"
-        for w, spec in config["workloads"].items()
-        for sweep in SWEEPS
-        if spec.get(sweep)
-    ]
-    batches = [f"results/figures/{w}_batches.png" for w in config["workloads"]]
-    return (["results/tables/goodput.csv"] + figures + batches + llm_figures()
-            + live_outputs() + agent_figures())
+    out = ["results/tables/goodput.csv"] + [f"results/figures/{f}.png" for f in FIGURES.index]
+    if fidelity_runs():
+        out.append("results/tables/fidelity.csv")
+    return out
 
 
-# -- LLM workloads (config["llm"]: "live" runs through vLLM here, "sim" runs on tables) ---------
-
-LLM = config.get("llm") or {}
-LLM_LIVE = LLM.get("live") or {}
-LLM_SIM = LLM.get("sim") or {}
-LLM_LIVE_WORKLOADS = dict(LLM_LIVE.get("workloads") or {})
-LLM_SIM_WORKLOADS = dict(LLM_SIM.get("workloads") or {})
-_both = sorted(set(LLM_LIVE_WORKLOADS) & set(LLM_SIM_WORKLOADS))
-if _both:
-    raise ValueError(f"llm: workload(s) {', '.join(_both)} under both live and sim; "
-                     "list each once (live runs are simulated too when live.simulate is true)")
-LLM_WORKLOADS = {**LLM_LIVE_WORKLOADS, **LLM_SIM_WORKLOADS}
-LLM_SYSTEMS = LLM.get("systems") or ["neustream-llm", "vllm-054", "vllm"]
-LLM_SEEDS = LLM.get("seeds") or [0]
-NEVER = "(?!x)x"  # a wildcard constraint that matches nothing
+def fidelity_runs():
+    """Live diffusion runs: the simulator predicts each on its own trace and table."""
+    rows = RUNS[(RUNS.family == "diffusion") & (RUNS.backend == "live")]
+    return list(rows.run)
 
 
-def llm_points(workload):
-    return points(LLM_WORKLOADS[workload])
-
-
-def llm_backends(workload):
-    if workload in LLM_LIVE_WORKLOADS:
-        return ["live", "sim"] if LLM_LIVE.get("simulate", True) else ["live"]
-    return ["sim"]
-
-
-def llm_summaries():
-    return [
-        f"{run_dir(w, s, rate, cv, slo, seed, backend)}/summary.json"
-        for w in LLM_WORKLOADS
-        for backend in llm_backends(w)
-        for (rate, cv, slo) in llm_points(w)
-        for s in LLM_SYSTEMS
-        for seed in LLM_SEEDS
-    ]
-
-
-def llm_figures():
-    return [
-        f"results/figures/{w}_{sweep}.png"
-        for w, spec in LLM_WORKLOADS.items()
-        for sweep in SWEEPS
-        if spec.get(sweep)
-    ] + [f"results/figures/{w}_batches.png" for w in LLM_WORKLOADS]
-
-
-def llm_sweeps_of(wildcards):
-    return ",".join(llm_points(wildcards.workload).get(
-        (wildcards.rate, wildcards.cv, wildcards.slo), []))
-
-
-def llm_requests(wildcards):
-    live = wildcards.workload in LLM_LIVE_WORKLOADS
-    return (LLM_LIVE if live else LLM_SIM).get("requests", 40 if live else 1000)
-
-
-def llm_table(wildcards):
-    """Live workloads: the table measured here; sim workloads: their device's committed table."""
-    w = wildcards.workload
-    device = (LLM_LIVE.get("device", "local-vllm") if w in LLM_LIVE_WORKLOADS
-              else LLM_SIM_WORKLOADS[w].get("device", config["device"]))
-    return f"{config['latency_dir']}/{device}/{w}.csv"
-
-
-def llm_default_runs(wildcards):
-    """The default point's run of every LLM system and backend (first seed)."""
-    d = LLM_WORKLOADS[wildcards.workload]["default"]
-    return [
-        run_dir(wildcards.workload, s, fmt(d["rate"]), fmt(d["cv"]), fmt(d["slo"]), LLM_SEEDS[0], b)
-        for b in llm_backends(wildcards.workload)
-        for s in LLM_SYSTEMS
-    ]
-
-
-def llm_batches_title(wildcards):
-    order = ", then ".join("live through vLLM" if b == "live" else "simulated"
-                           for b in llm_backends(wildcards.workload))
-    return f"{wildcards.workload}, default point: {', '.join(LLM_SYSTEMS)} ({order})"
-
-
-def llm_constraint(names):
-    return "|".join(map(re.escape, names)) or NEVER
-
-
-# -- Live diffusion servers (config["live"]) and weights ------------------------------------
-
-LIVE = config.get("live") or {}
-LIVE_WORKLOADS = dict(LIVE.get("workloads") or {})
-if BACKEND == "live" and set(LIVE_WORKLOADS) & set(config["workloads"]):
-    raise ValueError("backend: live serves `workloads` live already; list "
-                     f"{', '.join(sorted(set(LIVE_WORKLOADS) & set(config['workloads'])))} "
-                     "under one of `workloads` and `live.workloads`")
-LIVE_SYSTEMS = LIVE.get("systems") or ["neustream", "clockwork"]
-LIVE_SEEDS = LIVE.get("seeds") or [0]
-WEIGHTS_DIR = "resources/weights"
-
-
-def live_constraint(names):
+def alternatives(names):
     return "|".join(map(re.escape, names)) or "(?!x)x"
 
 
-def live_points(workload):
-    return points(LIVE_WORKLOADS[workload])
-
-
-def live_runs():
-    return [
-        run_dir(w, s, rate, cv, slo, seed, "live")
-        for w in LIVE_WORKLOADS
-        for (rate, cv, slo) in live_points(w)
-        for s in LIVE_SYSTEMS
-        for seed in LIVE_SEEDS
-    ]
-
-
-def live_sweeps_of(wildcards):
-    return ",".join(live_points(wildcards.workload).get(
-        (wildcards.rate, wildcards.cv, wildcards.slo), []))
-
-
-def live_step_delta(wildcards):
-    return LIVE_WORKLOADS[wildcards.workload].get("step_delta", config["step_delta"])
-
-
-def live_table(wildcards):
-    """The latency table of the machine the live run executes on (its sidecar says which
-    modules run); `local` is measured here first by the profile rule."""
-    return f"{config['latency_dir']}/{LIVE.get('device', 'local')}/{wildcards.workload}.csv"
-
-
-def live_weights(wildcards):
-    """With `weights: pretrained`, the manifest of the downloaded weights (rules/weights.smk)."""
-    if config.get("weights", "random") == "random":
-        return []
-    from neustream.models.weights import model_for
-
-    return [f"{WEIGHTS_DIR}/{model_for(wildcards.workload)}.json"]
-
-
-def live_outputs():
-    if not LIVE_WORKLOADS:
-        return []
-    figures = [
-        f"results/figures/live/{w}_{sweep}.png"
-        for w, spec in LIVE_WORKLOADS.items()
-        for sweep in SWEEPS
-        if spec.get(sweep)
-    ]
-    return ["results/tables/goodput_live.csv", "results/tables/fidelity.csv"] + figures
-
-
-# -- Multi-agent workloads (config["agent"]) ---------------------------------------------------
-# A workload key is a label: `program` names the pipeline (default: the label itself), so one
-# pipeline can run under two placements (e.g. four GPUs and one) side by side.
-
-AGENT = config.get("agent") or {}
-AGENT_LIVE = AGENT.get("live") or {}
-AGENT_SIM = AGENT.get("sim") or {}
-AGENT_LIVE_WORKLOADS = dict(AGENT_LIVE.get("workloads") or {})
-AGENT_SIM_WORKLOADS = dict(AGENT_SIM.get("workloads") or {})
-_both = sorted(set(AGENT_LIVE_WORKLOADS) & set(AGENT_SIM_WORKLOADS))
-if _both:
-    raise ValueError(f"agent: workload(s) {', '.join(_both)} under both live and sim")
-AGENT_WORKLOADS = {**AGENT_LIVE_WORKLOADS, **AGENT_SIM_WORKLOADS}
-_clash = sorted(set(AGENT_WORKLOADS) & (set(config["workloads"]) | set(LLM_WORKLOADS)))
-if _clash:
-    raise ValueError(f"agent: workload label(s) {', '.join(_clash)} also used by another section")
-AGENT_SYSTEMS = AGENT.get("systems") or ["neustream-llm", "vllm-054", "vllm"]
-AGENT_SEEDS = AGENT.get("seeds") or [0]
-
-
-def agent_program(label):
-    return AGENT_WORKLOADS[label].get("program", label)
-
-
-def agent_backends(label):
-    if label in AGENT_LIVE_WORKLOADS:
-        return ["live", "sim"] if AGENT_LIVE.get("simulate", True) else ["live"]
-    return ["sim"]
-
-
-def agent_summaries():
-    return [
-        f"{run_dir(w, s, rate, cv, slo, seed, backend)}/summary.json"
-        for w in AGENT_WORKLOADS
-        for backend in agent_backends(w)
-        for (rate, cv, slo) in points(AGENT_WORKLOADS[w])
-        for s in agent_systems(w)
-        for seed in AGENT_SEEDS
-    ]
-
-
-def agent_systems(label):
-    if label in AGENT_LIVE_WORKLOADS:
-        return AGENT_LIVE.get("systems") or AGENT_SYSTEMS
-    return AGENT_SYSTEMS
-
-
-def agent_figures():
-    return [
-        f"results/figures/{w}_{sweep}.png"
-        for w, spec in AGENT_WORKLOADS.items()
-        for sweep in SWEEPS
-        if spec.get(sweep)
-    ]
-
-
-def agent_sweeps_of(wildcards):
-    return ",".join(points(AGENT_WORKLOADS[wildcards.workload]).get(
-        (wildcards.rate, wildcards.cv, wildcards.slo), []))
-
-
-def agent_requests(wildcards):
-    live = wildcards.workload in AGENT_LIVE_WORKLOADS
-    return (AGENT_LIVE if live else AGENT_SIM).get("requests", 20 if live else 300)
-
-
-def agent_device(label):
-    if label in AGENT_LIVE_WORKLOADS:
-        return AGENT_LIVE.get("device", "local-vllm")
-    return AGENT_SIM_WORKLOADS[label].get("device", config["device"])
-
-
-def agent_tables(wildcards):
-    """The LLM tables of the pipeline's models and the measured code-execution times."""
-    from neustream.programs import get_agent_program
-
-    d = f"{config['latency_dir']}/{agent_device(wildcards.workload)}"
-    models = sorted({s.model for s in get_agent_program(agent_program(wildcards.workload)).llm_stages})
-    return {"tables": [f"{d}/{m}.csv" for m in models], "exec_times": f"{d}/exec-times.csv"}
-
-
-def agent_placement(wildcards):
-    """Where the engine instances run: a live pipeline runs them all on this machine's one
-    device unless its config says otherwise (its simulation uses the same placement)."""
-    default = "shared" if wildcards.workload in AGENT_LIVE_WORKLOADS else "spread"
-    return AGENT_WORKLOADS[wildcards.workload].get("placement", default)
-
-
-def agent_live_models():
-    """LLM models of the live pipelines: the profile_llm rule measures them here."""
-    from neustream.programs import get_agent_program
-
-    return sorted({s.model for w in AGENT_LIVE_WORKLOADS
-                   for s in get_agent_program(agent_program(w)).llm_stages})
-
-
 wildcard_constraints:
-    workload="|".join(config["workloads"]),
-    system="|".join(config["systems"]),
-    backend=BACKEND,
-    sweep="|".join(SWEEPS),
+    workload=alternatives(sorted(set(RUNS.label))),
+    system=alternatives(sorted(set(RUNS.system))),
+    trace=alternatives(sorted(set(TRACES.trace_dir))),
     rate=NUMBER,
     cv=NUMBER,
     slo=NUMBER,

@@ -1,28 +1,27 @@
-# Re-measures latency tables on this machine, for `device: <profile.device>`.
-# The committed tables of other devices (resources/latency/h100/...) have no rule:
-# they are data, and a forced rerun never overwrites them with this machine's numbers.
+# Latency tables of `profile.device`, measured on this machine (results/latency/<device>/):
+# diffusion modules with torch, LLM engine steps through vLLM, the agent's code stages in the
+# sandbox (common.smk's MEASURED says which, and how). Committed tables of other devices
+# (resources/latency/<device>/) have no rule: they are data, never overwritten by this machine.
 
 
 rule profile:
     output:
-        table=f"{config['latency_dir']}/{{device}}/{{workload}}.csv",
-        provenance=f"{config['latency_dir']}/{{device}}/{{workload}}.json",
+        table="results/latency/{device}/{table}.csv",
+        provenance="results/latency/{device}/{table}.json",
     log:
-        "results/logs/profile/{device}/{workload}.log",
+        "results/logs/profile/{device}/{table}.log",
     params:
-        p=config["profile"],
+        args=lambda wc: MEASURED[wc.table]["args"],
     wildcard_constraints:
-        device=config["profile"]["device"],
-        workload=live_constraint(sorted(set(config["workloads"]) | set(LIVE_WORKLOADS))),
+        device=re.escape(HERE),
+        table=alternatives(MEASURED),
+    # Alone on the machine: times measured next to other jobs would be theirs too.
+    threads: workflow.cores
     resources:
-        gpu=lambda wc: 0 if config["profile"]["torch_device"] == "cpu" else 1,
-        mem_mb=4000 if config["profile"]["size"] == "tiny" else 32000,
-        runtime=30 if config["profile"]["size"] == "tiny" else 120,
+        gpu=lambda wc: MEASURED[wc.table]["gpu"],
+        mem_mb=lambda wc: 32000 if config["profile"]["size"] == "full" else 6000,
+        runtime=lambda wc: 120 if config["profile"]["size"] == "full" else 30,
     conda:
-        "../envs/diffusion.yaml"
+        lambda wc: f"../envs/{MEASURED[wc.table]['env']}.yaml"
     shell:
-        "neustream profile --workload {wildcards.workload} --size {params.p[size]}"
-        " --device {params.p[torch_device]} --dtype {params.p[dtype]}"
-        " --repeats {params.p[repeats]} --warmup {params.p[warmup]}"
-        " --max-batch {params.p[max_batch]} --served --threads {params.p[torch_threads]}"
-        " --out {output.table} > {log} 2>&1"
+        "neustream {params.args} --out {output.table} > {log} 2>&1"

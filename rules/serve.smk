@@ -1,7 +1,10 @@
+# Runs: every row of common.smk's RUNS, simulated (results/runs/sim/) or live on this machine
+# (results/runs/live/); one `neustream simulate|serve` line for every family.
+
+
 rule simulate:
     input:
-        trace="results/traces/{workload}/rate={rate}_cv={cv}_seed={seed}.csv",
-        latency=latency_table,
+        unpack(run_inputs("sim")),
     output:
         requests="results/runs/sim/{workload}/{system}/rate={rate}_cv={cv}_slo={slo}_seed={seed}/requests.jsonl",
         batches="results/runs/sim/{workload}/{system}/rate={rate}_cv={cv}_slo={slo}_seed={seed}/batches.jsonl",
@@ -9,8 +12,10 @@ rule simulate:
     log:
         "results/logs/simulate/{workload}/{system}/rate={rate}_cv={cv}_slo={slo}_seed={seed}.log",
     params:
-        sweeps=sweeps_of,
-        step_delta=step_delta,
+        program=run_param("sim", "program"),
+        latency=run_param("sim", "latency"),
+        sweeps=run_param("sim", "sweeps"),
+        options=run_param("sim", "options"),
         out=lambda wc, output: os.path.dirname(output.summary),
     resources:
         mem_mb=2000,
@@ -18,21 +23,16 @@ rule simulate:
     conda:
         "../envs/analysis.yaml"
     shell:
-        "neustream simulate --workload {wildcards.workload} --system {wildcards.system}"
-        " --latency {input.latency} --trace {input.trace} --rate {wildcards.rate}"
-        " --cv {wildcards.cv} --slo {wildcards.slo} --seed {wildcards.seed}"
-        " --step-delta {params.step_delta} --sweeps '{params.sweeps}' --out {params.out}"
-        " > {log} 2>&1"
+        "neustream simulate --workload {params.program} --label {wildcards.workload}"
+        " --system {wildcards.system} --latency {params.latency} --trace {input.trace}"
+        " --rate {wildcards.rate} --cv {wildcards.cv} --slo {wildcards.slo}"
+        " --seed {wildcards.seed} --sweeps '{params.sweeps}' {params.options}"
+        " --out {params.out} > {log} 2>&1"
 
 
-# `backend: live`: the main sweeps (`workloads`) are served by the live servers instead of the
-# simulator, on the latency tables of `device` (measured there first: `neustream profile
-# --graphs --served`; the `profile` rule does it for `device: local`). Same traces, same record.
 rule serve:
     input:
-        trace="results/traces/{workload}/rate={rate}_cv={cv}_seed={seed}.csv",
-        latency=latency_table,
-        weights=live_weights,
+        unpack(run_inputs("live")),
     output:
         requests="results/runs/live/{workload}/{system}/rate={rate}_cv={cv}_slo={slo}_seed={seed}/requests.jsonl",
         batches="results/runs/live/{workload}/{system}/rate={rate}_cv={cv}_slo={slo}_seed={seed}/batches.jsonl",
@@ -40,30 +40,22 @@ rule serve:
     log:
         "results/logs/serve/{workload}/{system}/rate={rate}_cv={cv}_slo={slo}_seed={seed}.log",
     params:
-        sweeps=sweeps_of,
-        step_delta=step_delta,
-        weights=config.get("weights", "random"),
-        weights_dir=WEIGHTS_DIR,
-        max_lag=LIVE.get("max_lag_s", 1.0),
-        lookahead="--lookahead" if LIVE.get("lookahead") else "",
-        torch_threads=config["profile"]["torch_threads"],
+        program=run_param("live", "program"),
+        latency=run_param("live", "latency"),
+        sweeps=run_param("live", "sweeps"),
+        options=run_param("live", "options"),
         out=lambda wc, output: os.path.dirname(output.summary),
-    wildcard_constraints:
-        workload="|".join(map(re.escape, config["workloads"])) if BACKEND == "live" else NEVER,
     # Alone on the machine: a live run's deadlines assume the device is its own.
     threads: workflow.cores
     resources:
-        mem_mb=16000,
+        mem_mb=lambda wc: {"diffusion": 16000, "llm": 6000, "agent": 8000}[run_row(wc, "live").family],
         runtime=60,
-        gpu=lambda wc: int(not (config["device"] == config["profile"]["device"]
-                                and config["profile"]["torch_device"] == "cpu")),
+        gpu=lambda wc: uses_gpu(run_row(wc, "live")),
     conda:
-        "../envs/diffusion.yaml"
+        live_env
     shell:
-        "neustream serve --workload {wildcards.workload} --system {wildcards.system}"
-        " --latency {input.latency} --trace {input.trace} --rate {wildcards.rate}"
-        " --cv {wildcards.cv} --slo {wildcards.slo} --seed {wildcards.seed}"
-        " --step-delta {params.step_delta} --weights {params.weights}"
-        " --weights-dir {params.weights_dir} --threads {params.torch_threads}"
-        " --max-lag {params.max_lag} {params.lookahead}"
-        " --sweeps '{params.sweeps}' --out {params.out} > {log} 2>&1"
+        "neustream serve --workload {params.program} --label {wildcards.workload}"
+        " --system {wildcards.system} --latency {params.latency} --trace {input.trace}"
+        " --rate {wildcards.rate} --cv {wildcards.cv} --slo {wildcards.slo}"
+        " --seed {wildcards.seed} --sweeps '{params.sweeps}' {params.options}"
+        " --out {params.out} > {log} 2>&1"

@@ -1,16 +1,21 @@
+# Traces: Gamma arrivals, seeded; one per (workload, rate, cv, seed) of a part (common.smk's
+# TRACES); a live part's under results/traces/live/.
+
+
 rule trace:
     output:
-        "results/traces/{workload}/rate={rate}_cv={cv}_seed={seed}.csv",
+        "results/traces/{trace}/rate={rate}_cv={cv}_seed={seed}.csv",
     log:
-        "results/logs/trace/{workload}/rate={rate}_cv={cv}_seed={seed}.log",
+        "results/logs/trace/{trace}/rate={rate}_cv={cv}_seed={seed}.log",
     params:
-        requests=config["requests"],
+        program=trace_param("program"),
+        requests=trace_param("requests"),
     resources:
         mem_mb=1000,
         runtime=10,
     conda:
         "../envs/analysis.yaml"
     shell:
-        "neustream trace --workload {wildcards.workload} --rate {wildcards.rate}"
+        "neustream trace --workload {params.program} --rate {wildcards.rate}"
         " --cv {wildcards.cv} --requests {params.requests} --seed {wildcards.seed}"
         " --out {output} > {log} 2>&1"

@@ -1,5 +1,5 @@
 # Published weights for `weights: pretrained` (live runs only): pinned revisions and files
-# (neustream/models/weights.py) into the hub cache resources/weights/. Offline, a cache that
+# (neustream/backends/diffusion/weights.py) into the hub cache resources/weights/. Offline, a cache that
 # holds them works; an empty one fails at once, naming the model and the setting to change.
 
 

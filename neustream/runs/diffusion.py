@@ -11,6 +11,7 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from neustream.catalog.diffusion import get_program
@@ -102,14 +103,8 @@ def serve(spec: RunSpec) -> dict:
     """Serve the spec's run live with real modules; write its record; return the summary."""
     import torch
 
-    from neustream.backends.diffusion.server import (
-        DiffusionServer,
-        parse_placement,
-        table_modules,
-    )
+    from neustream.backends.diffusion.server import DiffusionServer, parse_placement, table_modules
     from neustream.backends.diffusion.weights import WeightsError
-    from neustream.engine.diffusion.live import LiveError
-    from neustream.engine.diffusion.live import serve as engine
 
     s = setup(spec)
     mods = table_modules(spec.latency)  # run the modules the table describes
@@ -134,34 +129,47 @@ def serve(spec: RunSpec) -> dict:
         print(f"[{spec.system} {spec.workload}] t={now_s:.1f} s: {run.n_done}/{len(s.requests)} "
               f"done, {run.n_ok} on time", file=sys.stderr, flush=True)
 
-    failed = spec.out.with_name(spec.out.name + FAILED_SUFFIX)
-    shutil.rmtree(failed, ignore_errors=True)  # a rerun starts clean
-    t0 = time.perf_counter()
-    try:
-        run = engine(s.policy, server, s.requests, max_lag_s=spec.max_lag, progress=progress,
-                     lookahead=spec.lookahead)
-    except LiveError as e:
-        write_failed(failed, [r.row() for r in e.run.requests], e.run.batches, config, str(e))
-        print(f"[serve] partial records kept in {failed}", file=sys.stderr)
-        raise RunError(str(e)) from None
-    config.update(live_settings(run, s), wall_s=round(time.perf_counter() - t0, 3))
-    rows = [r.row() for r in run.requests]
-    summary = write_run(spec.out, rows, run.batches, lambda: summarize(rows, config))
+    summary = serve_to_dir(spec.out, s.policy, server, s.requests, s.table, config,
+                           max_lag_s=spec.max_lag, progress=progress, lookahead=spec.lookahead)
     _report(spec, summary, summary["wall_s"], live=True)
     return summary
 
 
-def live_settings(run, s: Setup) -> dict:
+def serve_to_dir(out_dir: str | Path, policy: Policy, server, requests: list[Request],
+                 table: LatencyTable, settings: dict, **kw) -> dict:
+    """Serve live on ``server`` and write the run directory; on failure keep the partial
+    records in ``<out_dir>.failed/`` (no summary) and raise RunError. ``kw`` goes to the engine
+    (max_lag_s, lookahead, progress, clock)."""
+    from neustream.engine.diffusion.live import LiveError
+    from neustream.engine.diffusion.live import serve as engine
+
+    out = Path(out_dir)
+    failed = out.with_name(out.name + FAILED_SUFFIX)
+    shutil.rmtree(failed, ignore_errors=True)  # a rerun starts clean
+    t0 = time.perf_counter()
+    try:
+        run = engine(policy, server, requests, **kw)
+    except LiveError as e:
+        write_failed(failed, [r.row() for r in e.run.requests], e.run.batches, settings, str(e))
+        print(f"[serve] partial records kept in {failed}", file=sys.stderr)
+        raise RunError(str(e)) from e
+    config = {**settings, **live_settings(run, policy, table),
+              "wall_s": round(time.perf_counter() - t0, 3)}
+    rows = [r.row() for r in run.requests]
+    return write_run(out, rows, run.batches, lambda: summarize(rows, config))
+
+
+def live_settings(run, policy: Policy, table: LatencyTable) -> dict:
     """What a live run's summary adds: arrival lags, server overhead, batch time over table."""
     from neustream.analysis.overhead import overhead, table_error
 
     lags = getattr(run, "lags", [])
-    caps = {m: s.policy.cap(m) for m in s.policy.queue_names}
+    caps = {m: policy.cap(m) for m in policy.queue_names}
     return {
         "arrival_lag_s": {"max": max(lags, default=0.0),
                           "mean": statistics.fmean(lags) if lags else 0.0},
         "overhead": overhead(run.batches, caps),
         "batch_time_over_table": table_error(run.batches, {r.id: r.steps for r in run.requests},
-                                             s.program, s.table),
+                                             policy.program, table),
         "lookahead": getattr(run, "lookahead", False),
     }

@@ -22,14 +22,7 @@ from neustream.catalog.diffusion import get_program
 from neustream.engine.diffusion.sim import simulate
 from neustream.latency import LatencyTable, pipeline_s
 from neustream.policy.base import WHOLE_REQUESTS
-from neustream.record import (
-    BATCHES,
-    REQUESTS,
-    SUMMARY,
-    read_jsonl,
-    read_summary,
-    summarize,
-)
+from neustream.record import BATCHES, REQUESTS, SUMMARY, read_jsonl, read_summary, summarize
 from neustream.runs.diffusion import setup
 from neustream.runs.spec import RunSpec
 

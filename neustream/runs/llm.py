@@ -14,12 +14,7 @@ from typing import TYPE_CHECKING
 from neustream.catalog.llm import get_llm_program
 from neustream.latency import LlmLatencyModel, llm_capacity_rps
 from neustream.record import summarize_llm, write_run
-from neustream.traces import (
-    check_positive,
-    make_llm_trace,
-    read_llm_trace,
-    to_llm_requests,
-)
+from neustream.traces import check_positive, make_llm_trace, read_llm_trace, to_llm_requests
 
 if TYPE_CHECKING:
     from neustream.catalog.llm import LlmProgram

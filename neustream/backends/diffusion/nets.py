@@ -183,12 +183,7 @@ def image_size(workload: str, size: str = "full") -> int:
 
 def build_net(workload: str, module: str, *, size: str = "full") -> torch.nn.Module:
     """The bare network of one module, random weights, on the current default device, fp32."""
-    from diffusers import (
-        AutoencoderKL,
-        DiTTransformer2DModel,
-        UNet2DConditionModel,
-        UNet2DModel,
-    )
+    from diffusers import AutoencoderKL, DiTTransformer2DModel, UNet2DConditionModel, UNet2DModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     get_program(workload).module(module)  # clear error for unknown workload / module

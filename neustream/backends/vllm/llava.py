@@ -67,9 +67,7 @@ def write_processor(program, path: str | Path) -> Path:
 def _clip_image_processor(vision: dict):
     """CLIP preprocessing at the tower's resolution (the PIL backend: no torchvision needed)."""
     try:
-        from transformers.models.clip.image_processing_pil_clip import (
-            CLIPImageProcessorPil as cls,
-        )
+        from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil as cls
     except ImportError:  # transformers 4: the classic processor is PIL-based
         from transformers import CLIPImageProcessor as cls
     n = vision["image_size"]

@@ -9,7 +9,7 @@ one call of one module, the requests at any step; ``run_pipeline``: whole reques
 the device, and advance the requests through ``engine.diffusion.run.RunState``, so records match the
 simulator's in shape. Processes per module would copy every request's tensors between modules
 (the artifact pickled them through proxy queues); threads on two CUDA streams of one GPU overlap
-two modules' batches (1.12x on an H200, resources/live/h200/), but a batch's time then depends
+two modules' batches (1.12x on an H200, evidence/2026-11-24-h200-live-diffusion/), but a batch's time then depends
 on what runs beside it, which no latency table describes.
 
 Placement: a server with ``groups()`` (module -> device, backends/diffusion/server.py) gets one executor

@@ -28,13 +28,7 @@ import statistics
 from collections import deque
 from typing import TYPE_CHECKING, Sequence
 
-from neustream.policy.llm.base import (
-    LlmDecision,
-    LlmPolicy,
-    Phase,
-    decode_all,
-    remaining_prompt,
-)
+from neustream.policy.llm.base import LlmDecision, LlmPolicy, Phase, decode_all, remaining_prompt
 
 if TYPE_CHECKING:
     from neustream.latency import LlmLatencyModel
