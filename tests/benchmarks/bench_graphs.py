@@ -22,11 +22,12 @@ import time
 import pandas as pd
 import torch
 
-from neustream.models.diffusion import Pools, make_module
-from neustream.models.graphs import Batcher
-from neustream.models.server import DiffusionServer
-from neustream.profiling import parse_dtype, time_calls
-from neustream.programs import get_program
+from neustream.backends.devices import parse_dtype
+from neustream.backends.diffusion.graphs import Batcher
+from neustream.backends.diffusion.nets import Pools, make_module
+from neustream.backends.diffusion.server import DiffusionServer
+from neustream.catalog.diffusion import get_program
+from neustream.profiling.diffusion import time_calls
 from neustream.request import Request
 
 CASES = {  # workload -> batch sizes

@@ -4,7 +4,7 @@
         [--rounds 3] [--steps 200] [--proposed] [--emulate]
 
 NOTE: the real executor loop (engine/live.py), the real policy (NeuStream, slo 3: DiT cap 24 on
-the H200 table) and the real server path (models/server.py, graphs.py: slots staged and copied,
+the H200 table) and the real server path (backends/diffusion/server.py, graphs.py: slots staged and copied,
 the call, the wait) serve tiny DiT-S/2 modules on the CPU whose call does no work, so what is
 left per step is host time: the decision, the bookkeeping, the slot copy, the launch and the
 wait. Requests all arrive at once with deadlines far away (nothing is dropped): one request
@@ -13,9 +13,9 @@ policy scans a long queue). Each case runs the OLD path (a frozen copy, below, o
 server path before this benchmark existed) and the NEW one in turns, ``--rounds`` times; it
 prints the median microseconds per step (time between consecutive step ends at that batch size)
 and new / old. The phase split comes from a separate run with timing probes (each adds about
-0.3 us): policy decide, drops+start (Run.apply_drops / Run.start), sel copy (slots staged and
+0.3 us): policy decide, drops+start (RunState.apply_drops / RunState.start), sel copy (slots staged and
 copied), call (the no-op call: the launch), wait (synchronisation and timing), complete
-(Run.complete) and the rest of the loop (admission, records, freeing state, the lock).
+(RunState.complete) and the rest of the loop (admission, records, freeing state, the lock).
 
 ``--proposed`` adds a column with two changes outside this benchmark's files applied as patches
 (policy/neustream.py's per-request ``remaining_s`` without table look-ups, and request.py's
@@ -41,14 +41,14 @@ from pathlib import Path
 
 import torch
 
-from neustream.engine.base import Run
-from neustream.engine.live import serve
+from neustream.backends.diffusion.graphs import Batcher
+from neustream.backends.diffusion.server import DiffusionServer
+from neustream.catalog.diffusion import get_program
+from neustream.engine.diffusion.live import serve
+from neustream.engine.diffusion.run import RunState
 from neustream.latency import LatencyTable
-from neustream.models.graphs import Batcher
-from neustream.models.server import DiffusionServer
 from neustream.policy import make_policy
-from neustream.policy.base import PIPELINE, Decision
-from neustream.programs import get_program
+from neustream.policy.base import WHOLE_REQUESTS, Decision
 from neustream.request import Request
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,9 +58,9 @@ CASES = {"b=1 (1 request)": 1, "cap (24 requests)": 24, "cap (96 requests)": 96}
 # -- the old path, frozen (the live loop and server calls as they were) -----------------------
 
 
-def old_serve(policy, server, requests, clock=time.perf_counter) -> Run:
+def old_serve(policy, server, requests, clock=time.perf_counter) -> RunState:
     """The executor loop before this benchmark: SimpleQueue inbox, one loop in this thread."""
-    run = Run(policy, requests)
+    run = RunState(policy, requests)
     inbox: queue.SimpleQueue = queue.SimpleQueue()
     stop = threading.Event()
     gc.collect()
@@ -102,7 +102,7 @@ def old_serve(policy, server, requests, clock=time.perf_counter) -> Run:
                 server.end(r)
             if d.batch:
                 run.start(d, now)
-                if d.module == PIPELINE:
+                if d.module == WHOLE_REQUESTS:
                     model_s = server.run_pipeline(d.batch)
                 else:
                     model_s = server.run(d.module, d.batch, [r.calls_done for r in d.batch])
@@ -197,7 +197,7 @@ def requests_for(n: int, steps: int) -> list[Request]:
                     fields={"class_label": i % 1000}) for i in range(n)]
 
 
-def step_gaps(run: Run, module: str, size: int) -> list[float]:
+def step_gaps(run: RunState, module: str, size: int) -> list[float]:
     """Seconds between consecutive ends of ``module`` batches of ``size``."""
     rows = run.batches
     return [b["end_s"] - a["end_s"] for a, b in zip(rows, rows[1:])
@@ -209,7 +209,7 @@ def step_gaps(run: Run, module: str, size: int) -> list[float]:
 
 class Probes:
     """Timing wrappers on named callables; each step's times go to a bucket closed by
-    Run.complete (the step's last phase), tagged with the batch's module and size."""
+    RunState.complete (the step's last phase), tagged with the batch's module and size."""
 
     def __init__(self) -> None:
         self.bucket: dict[str, float] = {}
@@ -227,7 +227,7 @@ class Probes:
             finally:
                 dt = time.perf_counter() - t0
                 bucket_of.bucket[phase] = bucket_of.bucket.get(phase, 0.0) + dt
-                if closes:  # Run.complete(module, batch, ...)
+                if closes:  # RunState.complete(module, batch, ...)
                     mod, batch = (a[1], a[2]) if len(a) > 2 else (a[0], a[1])
                     bucket_of.steps.append((mod, len(batch), bucket_of.bucket))
                     bucket_of.bucket = {}
@@ -254,9 +254,9 @@ def probe_run(path: str, program, table, n: int, steps: int) -> dict[str, float]
     server = make_server(program, policy, n + 8)
     p = Probes()
     p.wrap(policy, "decide", "decide")
-    p.wrap(Run, "apply_drops", "drops+start")
-    p.wrap(Run, "start", "drops+start")
-    p.wrap(Run, "complete", "complete", closes=True)
+    p.wrap(RunState, "apply_drops", "drops+start")
+    p.wrap(RunState, "start", "drops+start")
+    p.wrap(RunState, "complete", "complete", closes=True)
     if path == "old":
         target = OldServer(server)
         p.wrap(target, "load", "sel copy")
@@ -306,7 +306,7 @@ def proposed():
     same sums in the same order, so the same floats); request.py: sorted queues keep their
     keys in a list beside the requests (no key function per comparison)."""
     import neustream.policy.neustream as ns
-    from neustream.request import _SortedQueue
+    from neustream.queues import _SortedQueue
 
     cache: dict = {}
 

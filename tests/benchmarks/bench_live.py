@@ -9,7 +9,7 @@ graphs captured once), each written as `neustream serve` writes it.
 Writes <out>/live/<workload>/<system>/rate=R_cv=C_slo=S_seed=K/ and prints one line per run;
 `neustream fidelity` on those directories then gives the simulator's prediction for each.
 ``--lookahead`` decides each next batch while the GPU runs the current one (engine/live.py);
-``--placement`` puts modules on several devices, one executor each (models/server.py).
+``--placement`` puts modules on several devices, one executor each (backends/diffusion/server.py).
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ from pathlib import Path
 
 import torch
 
-from neustream.engine.live import serve_to_dir
+from neustream.backends.diffusion.server import DiffusionServer, parse_placement, table_modules
+from neustream.catalog.diffusion import get_program
 from neustream.latency import LatencyTable, capacity_rps
-from neustream.models.server import DiffusionServer, parse_placement, table_modules
 from neustream.policy import make_policy
-from neustream.programs import get_program
-from neustream.workload import make_trace, to_requests
+from neustream.runs.diffusion import serve_to_dir
+from neustream.traces import make_trace, to_requests
 
 
 def main() -> None:

@@ -40,7 +40,7 @@ def main() -> None:
         table = a.latency
         if table is None:
             table = str(tmp / "latency" / "local-vllm" / "opt-tiny.csv")
-            cli("profile-llm", "--workload", "opt-tiny", "--engine", "vllm", "--device", "cpu",
+            cli("profile", "--workload", "opt-tiny", "--engine", "vllm", "--device", "cpu",
                 "--out", table)
         print(f"{'rate:cv:slo':12} {'system':14} {'goodput tok/s':>19} {'throughput tok/s':>19} "
               f"{'all on time':>12} {'dropped':>7} {'sched/step':>10} {'policy/step':>11} {'step ms':>7}")
@@ -54,8 +54,8 @@ def main() -> None:
                 common = ["--workload", "opt-tiny", "--system", system, "--latency", table,
                           "--trace", str(trace), "--rate", rate, "--cv", cv, "--slo", slo]
                 live, sim = tmp / point / "live" / system, tmp / point / "sim" / system
-                cli("serve-llm", *common, "--out", str(live))
-                cli("simulate-llm", *common, "--out", str(sim))
+                cli("serve", *common, "--out", str(live))
+                cli("simulate", *common, "--out", str(sim))
                 L = json.loads((live / "summary.json").read_text())
                 S = json.loads((sim / "summary.json").read_text())
                 print(f"{point:12} {system:14} {L['token_goodput_tps']:9.1f} {S['token_goodput_tps']:9.1f} "

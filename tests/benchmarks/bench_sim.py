@@ -16,11 +16,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from neustream.engine.sim import simulate
+from neustream.catalog.diffusion import PROGRAMS
+from neustream.engine.diffusion.sim import simulate
 from neustream.latency import LatencyTable
 from neustream.policy import make_policy
-from neustream.programs import PROGRAMS
-from neustream.workload import make_trace, to_requests
+from neustream.traces import make_trace, to_requests
 
 ROOT = Path(__file__).resolve().parents[2]
 POINT = {  # rate as a fraction of the table's capacity, cv, slo

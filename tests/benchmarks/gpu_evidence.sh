@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The H100 evidence of resources/live/h100/README.md, in stages (run from the repository root on
+# The H100 evidence of evidence/2026-11-24-h100-live-diffusion/README.md, in stages (run from the repository root on
 # the GPU machine; results go under $OUT, or /tmp/out without it):
 #   bench    eager vs CUDA-graph call latency, the live worker's overhead, two CUDA streams
 #   tables   latency tables (CUDA graphs, the live worker's whole call) for the workloads in $TABLES
@@ -19,7 +19,7 @@ for stage in "$@"; do
       tail -4 "$T/bench.log" ;;
     tables)
       for w in ${TABLES:-dit-s2 sd15-512}; do
-        timeout 200 python3 -m neustream.profiling --workload "$w" --size full --device cuda \
+        timeout 200 python3 -m neustream.cli profile --workload "$w" --size full --device cuda \
           --dtype fp16 --repeats 5 --warmup 1 --rounds "${ROUNDS:-2}" --graphs --served --out "$T/tables/$w.csv" \
           > "$T/profile_$w.log" 2>&1
         echo "table $w: rc=$?"
