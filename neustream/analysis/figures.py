@@ -74,15 +74,24 @@ def _lines(mean: pd.DataFrame, sweep: str, panels) -> None:
                     label=f"{system} ({backend})")
 
 
-def _diffusion(df: pd.DataFrame, sweep: str, program: str):
-    """Goodput and attainment, with the device's capacity bound dashed."""
+def _two_panels(df: pd.DataFrame, sweep: str, goodput: str, line: str, style: str,
+                label: str, cols: list[str]):
+    """Goodput (left, with a reference ``line``) and attainment (right): figure, axes, means."""
     plt = _pyplot()
-    cols = ["goodput_rps", "bound_rps", "attainment"]
     mean = df.groupby(["backend", "system", sweep], as_index=False)[cols].mean()
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
-    bound = mean.groupby(sweep)["bound_rps"].max()
-    ax.plot(bound.index, bound.values, "k--", lw=1, label="bound: min(offered, capacity)")
-    _lines(mean, sweep, [(ax, "goodput_rps", 1), (ax2, "attainment", 100)])
+    ref = mean.groupby(sweep)[line].max()
+    ax.plot(ref.index, ref.values, style, lw=1, label=label)
+    _lines(mean, sweep, [(ax, goodput, 1), (ax2, "attainment", 100)])
+    _axes(fig, [ax, ax2], sweep, attainment=ax2)
+    return fig, ax, ax2, mean
+
+
+def _diffusion(df: pd.DataFrame, sweep: str, program: str):
+    """Goodput and attainment, with the device's capacity bound dashed."""
+    fig, ax, ax2, mean = _two_panels(df, sweep, "goodput_rps", "bound_rps", "k--",
+                                     "bound: min(offered, capacity)",
+                                     ["goodput_rps", "bound_rps", "attainment"])
     if sweep == "rate" and mean[sweep].max() >= 8 * mean[sweep].min():
         ticks = sorted(mean[sweep].unique())
         for a in (ax, ax2):  # rate grids span both systems' knees
@@ -91,24 +100,18 @@ def _diffusion(df: pd.DataFrame, sweep: str, program: str):
             a.minorticks_off()
     ax.set_ylabel("goodput (req/s within SLO)")
     ax2.set_ylabel("SLO attainment (%)")
-    _axes(fig, [ax, ax2], sweep, attainment=ax2)
     ax.legend(fontsize=7)
     return fig
 
 
 def _llm(df: pd.DataFrame, sweep: str, program: str):
     """Token goodput and request attainment (every token on time), offered tokens dotted."""
-    plt = _pyplot()
     df = df.assign(offered_tps=df.tokens_requested * df.offered_rps / df.n_requests)
-    cols = ["token_goodput_tps", "attainment", "token_attainment", "offered_tps"]
-    mean = df.groupby(["backend", "system", sweep], as_index=False)[cols].mean()
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
-    offered = mean.groupby(sweep)["offered_tps"].max()
-    ax.plot(offered.index, offered.values, "k:", lw=1, label="offered tokens")
-    _lines(mean, sweep, [(ax, "token_goodput_tps", 1), (ax2, "attainment", 100)])
+    fig, ax, ax2, _ = _two_panels(df, sweep, "token_goodput_tps", "offered_tps", "k:",
+                                  "offered tokens", ["token_goodput_tps", "attainment",
+                                                     "token_attainment", "offered_tps"])
     ax.set_ylabel("goodput (tokens/s on time)")
     ax2.set_ylabel("requests with every token on time (%)")
-    _axes(fig, [ax, ax2], sweep, attainment=ax2)
     ax.legend(fontsize=6)
     return fig
 

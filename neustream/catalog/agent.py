@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from neustream.catalog.registry import lookup
+
 # The plotting programs a request's code stages run (random weights write no code): workload data.
 PLOTS_DIR = Path(__file__).resolve().parent / "plots"
 
@@ -118,12 +120,7 @@ AGENT_PROGRAMS: dict[str, AgentProgram] = {
 
 
 def get_agent_program(name: str) -> AgentProgram:
-    try:
-        return AGENT_PROGRAMS[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown multi-agent workload {name!r}; choose from {', '.join(AGENT_PROGRAMS)}"
-        ) from None
+    return lookup(AGENT_PROGRAMS, name, "multi-agent workload")
 
 
 # -- plotting programs ------------------------------------------------------------------------

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from neustream.catalog.registry import lookup
+
 # Batch sizes measured by `neustream profile`: every size up to 16, then coarser.
 _GRID = tuple(range(1, 17)) + (20, 24, 28, 32, 40, 48, 56, 64, 80, 96, 112, 128)
 
@@ -99,9 +101,4 @@ PROGRAMS: dict[str, Program] = {
 
 
 def get_program(name: str) -> Program:
-    try:
-        return PROGRAMS[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown workload {name!r}; choose from {', '.join(PROGRAMS)}"
-        ) from None
+    return lookup(PROGRAMS, name, "workload")

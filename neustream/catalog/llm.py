@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from neustream.catalog.registry import lookup
+
 LMSYS_PROMPT_TOKENS_ORIGINAL = (
     343, 243, 149, 45, 462, 210, 77, 370, 402, 141, 103, 269, 373, 64, 47, 105, 62, 214, 90, 86,
     47, 49, 358, 82, 401, 207, 75, 99, 114, 247, 455, 88, 71, 194, 97, 72, 281, 206, 68, 195,
@@ -172,9 +174,4 @@ LLM_PROGRAMS: dict[str, LlmProgram] = {
 
 
 def get_llm_program(name: str) -> LlmProgram:
-    try:
-        return LLM_PROGRAMS[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown LLM workload {name!r}; choose from {', '.join(LLM_PROGRAMS)}"
-        ) from None
+    return lookup(LLM_PROGRAMS, name, "LLM workload")

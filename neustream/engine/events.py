@@ -9,8 +9,10 @@ at the current instant unless it is busy or a decision is already pending, so a 
 ran nothing is not retried before something changes. Nothing here reads the wall clock: a trace
 and a seed give the same records every time.
 
-A simulator subclasses ``Simulator``, sets ``Kind``, implements ``handle(kind, payload)`` and
-``close()`` (check that every request ended), and calls ``run()``.
+A simulator subclasses ``Simulator``, implements ``handle(kind, payload)`` and ``close()``
+(check that every request ended), and calls ``run()``; ``Kind`` serves a one-device simulator,
+whose batches (or engine steps) end before arrivals, which come before the decision; a
+simulator with other events sets its own.
 """
 
 from __future__ import annotations
@@ -23,6 +25,14 @@ from enum import IntEnum
 from typing import Callable, ClassVar
 
 PROGRESS_EVERY = 20000  # events between two progress reports
+
+
+class Kind(IntEnum):
+    """Event kinds of a one-device simulator; the value orders events at the same instant."""
+
+    BATCH_END = 0  # a batch (an engine step) ended
+    ARRIVAL = 1
+    DECIDE = 2
 
 
 class StallError(RuntimeError):
@@ -41,13 +51,16 @@ class Device:
 class Simulator(ABC):
     """The event loop, written once; subclasses give the kinds and their handlers."""
 
-    Kind: ClassVar[type[IntEnum]]  # must have a DECIDE member (payload: the Device)
+    Kind: ClassVar[type[IntEnum]] = Kind  # has ARRIVAL and DECIDE (payload: the Device)
 
-    def __init__(self) -> None:
+    def __init__(self, arrivals=()) -> None:
+        """``arrivals``: objects with an ``arrival_s``, each an ARRIVAL event."""
         self._heap: list = []
         self._seq = itertools.count()
         self.now_s = 0.0
         self.n_events = 0
+        for a in arrivals:
+            self.push(a.arrival_s, self.Kind.ARRIVAL, a)
 
     def push(self, time_s: float, kind: IntEnum, payload=None) -> None:
         heapq.heappush(self._heap, (time_s, kind, next(self._seq), payload))

@@ -7,6 +7,7 @@ LLM policy in each of its engines. A system name belongs to one family.
 
 from __future__ import annotations
 
+from neustream.catalog.registry import lookup
 from neustream.policy.base import WHOLE_REQUESTS, Decision, Policy
 from neustream.policy.clockwork import ClockworkPolicy
 from neustream.policy.llm.base import LlmDecision, LlmPolicy, Phase
@@ -25,11 +26,7 @@ POLICIES["agent"] = POLICIES["llm"]
 
 def policy_class(family: str, system: str) -> type:
     """The class of ``system`` in ``family``; a one-line ValueError naming the choices."""
-    systems = POLICIES[family]
-    if system not in systems:
-        what = "system" if family == "diffusion" else "LLM system"
-        raise ValueError(f"unknown {what} {system!r}; choose from {', '.join(systems)}")
-    return systems[system]
+    return lookup(POLICIES[family], system, "system" if family == "diffusion" else "LLM system")
 
 
 def make_policy(system: str, program, table, slo: float, step_delta: float = 0.95) -> Policy:

@@ -25,7 +25,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import pandas as pd
 import torch
@@ -35,6 +35,7 @@ from neustream.backends.diffusion.graphs import Batcher
 from neustream.backends.diffusion.nets import Pools, State, StreamModule, make_module
 from neustream.catalog.diffusion import Module, get_program
 from neustream.latency import COLUMNS
+from neustream.profiling.timer import time_calls
 
 PROVENANCE_KEYS = (
     "workload",
@@ -61,32 +62,6 @@ def batch_sizes_for(module: Module, batch_sizes: int | Iterable[int] | None) -> 
     if any(b < 1 for b in sizes):
         raise ValueError(f"batch sizes must be >= 1, got {sizes}")
     return [b for b in sizes if b <= module.max_batch]
-
-
-def time_calls(
-    fn: Callable[[], object], *, repeats: int, warmup: int, device: torch.device,
-    host: bool = False,
-) -> list[float]:
-    """Seconds of each of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones (``host``:
-    by the host clock, for a ``fn`` that synchronises itself)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    if device.type == "cuda" and not host:
-        torch.cuda.synchronize(device)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        for _ in range(repeats):
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1000.0)
-    else:
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return times
 
 
 def _versions() -> dict[str, str]:
@@ -239,18 +214,10 @@ class ModuleRunner:
         return self.batcher.call(batch_size)
 
 
-def build_module(
-    workload: str,
-    module: str,
-    *,
-    size: str = "full",
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
-    weights: str = "random",
-    graphs: bool = False,
-    served: bool = False,
-) -> ModuleRunner:
-    """Build one module; the result runs one call of it at a given batch size."""
-    m = make_module(workload, module, size=size, device=device, dtype=dtype, weights=weights)
+def build_module(workload: str, module: str, *, graphs: bool = False, served: bool = False,
+                 **build) -> ModuleRunner:
+    """Build one module (``build``: nets.make_module's size, device, dtype, weights); the
+    result runs one call of it at a given batch size."""
+    m = make_module(workload, module, **build)
     return ModuleRunner(m, get_program(workload).module(module).max_batch, graphs=graphs,
                         served=served)

@@ -33,7 +33,8 @@ import sys
 import time
 
 from neustream.catalog.llm import get_llm_program, image_tokens
-from neustream.profiling.opt import _time, build_on_device, capture_graph, layer_caches
+from neustream.profiling.opt import build_on_device, capture_graph, layer_caches
+from neustream.profiling.timer import time_calls
 
 # Profiling grids (tokens are per prompt for prefill, per sequence for decode).
 PREFILL_LENGTHS = (32, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
@@ -226,7 +227,7 @@ def profile_llama(workload: str, *, device: str = "cuda", dtype: str = "fp16", w
                 except Exception as e:
                     graph_failures.append(f"prefill b={b} L={L}: {type(e).__name__}: {e}"[:300])
                     torch.cuda.synchronize(dev)
-            t = _time(fn, dev, warmup, repeats)
+            t = time_calls(fn, repeats=repeats, warmup=warmup, device=dev)
             rows.append(("prefill", b, b * L, statistics.median(t)))
             print(f"[profile-llm] prefill b={b} L={L}{note}: {rows[-1][3] * 1e3:.2f} ms", file=log,
                   flush=True)
@@ -247,7 +248,7 @@ def profile_llama(workload: str, *, device: str = "cuda", dtype: str = "fp16", w
                 except Exception as e:  # keep measuring, eagerly, and say so in the sidecar
                     graph_failures.append(f"b={b} c={c}: {type(e).__name__}: {e}"[:300])
                     torch.cuda.synchronize(dev)
-            t = _time(fn, dev, warmup, repeats)
+            t = time_calls(fn, repeats=repeats, warmup=warmup, device=dev)
             rows.append(("decode", b, b * (c + 1), statistics.median(t)))
             print(f"[profile-llm] decode b={b} c={c}{note}: {rows[-1][3] * 1e3:.2f} ms",
                   file=log, flush=True)
@@ -257,7 +258,8 @@ def profile_llama(workload: str, *, device: str = "cuda", dtype: str = "fp16", w
             per_image = image_tokens(program.config)
             for b in vision_batches:
                 pix = torch.randn(b, 3, size, size, device=dev, generator=gen).to(tdtype)
-                t = _time(lambda: vision_step(model, pix), dev, warmup, repeats)
+                t = time_calls(lambda: vision_step(model, pix), repeats=repeats,
+                               warmup=warmup, device=dev)
                 rows.append(("vision", b, b * per_image, statistics.median(t)))
                 print(f"[profile-llm] vision b={b}: {rows[-1][3] * 1e3:.2f} ms", file=log, flush=True)
     df = pd.DataFrame(rows, columns=["module", "batch_size", "tokens", "latency_s"])

@@ -28,6 +28,7 @@ import sys
 import time
 
 from neustream.catalog.llm import get_llm_program
+from neustream.profiling.timer import time_calls
 
 # Profiling grids (tokens are per prompt for prefill, per sequence for decode).
 PREFILL_LENGTHS = (32, 64, 128, 256, 512, 1024, 2048)
@@ -148,29 +149,6 @@ def forward_step(model, ids, start: int, cache):
     return model.lm_head(x)
 
 
-def _time(fn, device, warmup: int, repeats: int) -> list[float]:
-    import torch
-
-    for _ in range(warmup):
-        fn()
-    out = []
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        for _ in range(repeats):
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            out.append(a.elapsed_time(b) / 1e3)
-    else:
-        for _ in range(repeats):
-            t = time.perf_counter()
-            fn()
-            out.append(time.perf_counter() - t)
-    return out
-
-
 def profile_transformers(workload: str, *, device: str = "cuda", dtype: str = "fp16",
                          warmup: int = 2, repeats: int = 5, max_prefill_tokens: int = 8192,
                          max_context_tokens: int = 32768, graphs: bool = True,
@@ -204,7 +182,7 @@ def profile_transformers(workload: str, *, device: str = "cuda", dtype: str = "f
             def prefill():
                 forward_step(model, ids, 0, cache)
 
-            t = _time(prefill, dev, warmup, repeats)
+            t = time_calls(prefill, repeats=repeats, warmup=warmup, device=dev)
             rows.append(("prefill", b, b * L, statistics.median(t)))
             print(f"[profile-llm] prefill b={b} L={L}: {rows[-1][3] * 1e3:.2f} ms", file=log, flush=True)
             del cache
@@ -225,7 +203,7 @@ def profile_transformers(workload: str, *, device: str = "cuda", dtype: str = "f
                     graph_failures.append(f"b={b} c={c}: {type(e).__name__}: {e}"[:300])
                     graph = None
                     torch.cuda.synchronize(dev)
-            t = _time(fn, dev, warmup, repeats)
+            t = time_calls(fn, repeats=repeats, warmup=warmup, device=dev)
             rows.append(("decode", b, b * (c + 1), statistics.median(t)))
             print(f"[profile-llm] decode b={b} c={c}{'' if graph is not None or not graphs else ' (eager)'}: "
                   f"{rows[-1][3] * 1e3:.2f} ms", file=log, flush=True)

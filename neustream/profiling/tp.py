@@ -20,8 +20,8 @@ NOTE on the method (Megatron-style, as vLLM shards OPT at tensor_parallel_size=N
   backend nccl on cuda (rank r on cuda:r) and gloo on cpu, MASTER_ADDR=127.0.0.1 and a free
   port, NVLink multicast off (NCCL_NVLS_ENABLE=0, TORCH_SYMM_MEM_DISABLE_MULTICAST=1,
   NVSHMEM_DISABLE_NVLS=1, forced: the lent multi-GPU hosts require it). All ranks run every
-  step in lock-step (the collectives pair them); each times its calls with opt._time, the row
-  keeps the largest median over ranks, and rank 0 writes the table.
+  step in lock-step (the collectives pair them); each times its calls with
+  timer.time_calls, the row keeps the largest median over ranks, and rank 0 writes the table.
 CUDA graphs with NCCL: the communicator is created eagerly (init_process_group with
 ``device_id``) and used once before any capture; warm-up and capture run on a side stream, every
 rank captures the same step (same collectives in the same order) and replays it in lock-step;
@@ -48,12 +48,12 @@ from neustream.profiling.opt import (
     DECODE_CONTEXTS,
     PREFILL_BATCHES,
     PREFILL_LENGTHS,
-    _time,
     capture_graph,
     decode_grid,
     layer_caches,
     prefill_grid,
 )
+from neustream.profiling.timer import time_calls
 
 COLUMN_PARALLEL = ("q_proj", "k_proj", "v_proj", "fc1")
 ROW_PARALLEL = ("out_proj", "fc2")
@@ -318,7 +318,8 @@ def _profile_worker(rank: int, world: int, device: str, port: int, opts: dict) -
         rows, failures = [], []
 
         def measure(fn):  # the slowest rank's median: a step ends when its slowest rank does
-            t = statistics.median(_time(fn, dev, opts["warmup"], opts["repeats"]))
+            t = statistics.median(time_calls(fn, repeats=opts["repeats"], warmup=opts["warmup"],
+                                             device=dev))
             return _all(dist.ReduceOp.MAX, t, dev)
 
         with torch.inference_mode():

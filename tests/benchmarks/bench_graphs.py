@@ -27,7 +27,7 @@ from neustream.backends.diffusion.graphs import Batcher
 from neustream.backends.diffusion.nets import Pools, make_module
 from neustream.backends.diffusion.server import DiffusionServer
 from neustream.catalog.diffusion import get_program
-from neustream.profiling.diffusion import time_calls
+from neustream.profiling.timer import time_calls
 from neustream.request import Request
 
 CASES = {  # workload -> batch sizes

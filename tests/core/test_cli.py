@@ -12,7 +12,8 @@ from neustream.cli import main
 from neustream.traces import make_trace, read_trace
 from tests.support import read_jsonl, write_latency_csv, write_text
 
-VERBS = ("trace", "simulate", "profile", "aggregate", "plot", "plot-batches")
+VERBS = ("trace", "simulate", "serve", "fidelity", "weights", "profile", "exec-times",
+         "aggregate", "plot", "plot-batches")
 
 
 def simulate_args(latency_csv, out_dir, **over):
@@ -146,8 +147,9 @@ def test_help_as_a_process():
     p = subprocess.run([sys.executable, "-m", "neustream.cli", "--help"],
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 0
-    listed = {line.split()[0] for line in p.stdout.splitlines() if line.startswith("    ")}
-    assert set(VERBS) <= listed
+    listed = {line.split()[0] for line in p.stdout.splitlines() if line.startswith("    ")
+              and not line.startswith("     ")}
+    assert listed == set(VERBS)
 
 
 def test_missing_verb_or_argument_is_a_usage_error(capsys):
@@ -213,3 +215,20 @@ def test_profile_verb_writes_a_loadable_table(tmp_path):
     assert table.max_batch("unet") == 2
     prov = json.loads(out.with_suffix(".json").read_text())
     assert prov["size"] == "tiny" and prov["command"].startswith("neustream profile")
+
+
+def test_an_option_of_another_family_is_refused_naming_it(tmp_path, palette_csv, capsys):
+    """One verb serves every family; an option the workload's family does not have is one
+    line, not silently ignored."""
+    argv = simulate_args(palette_csv, tmp_path / "r") + ["--pred-steps", "5"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("neustream simulate: error: --pred-steps does not apply to diffusion "
+                   "workloads (palette); it is for llm, agent")
+    argv = simulate_args(palette_csv, tmp_path / "r", workload="opt-tiny") + ["--step-delta", "0.9"]
+    assert main(argv) == 2
+    assert "--step-delta does not apply to llm workloads" in capsys.readouterr().err
+    assert main(["profile", "--workload", "opt-tiny", "--size", "tiny", "--out",
+                 str(tmp_path / "t.csv")]) == 2
+    assert "--size is for diffusion workloads, not opt-tiny (llm)" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists() and not (tmp_path / "t.csv").exists()

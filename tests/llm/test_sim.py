@@ -98,7 +98,7 @@ def test_kv_pressure_preempts_and_recomputes():
 
 def test_event_kinds_order():
     Kind = LlmSimulator.Kind
-    assert Kind.STEP_END < Kind.ARRIVAL < Kind.DECIDE
+    assert Kind.BATCH_END < Kind.ARRIVAL < Kind.DECIDE
 
 
 def test_step_cost_classifies_chunks_and_decodes():

@@ -401,6 +401,17 @@ class StreamModule:
         sel = inputs["sel"]
         return sel[:, 0], sel[:, 1]
 
+    def _denoise(self, idx, x, eps, p, uncond_first: bool = True):
+        """Classifier-free guidance on ``eps`` (with ``cfg`` its two halves, unconditional
+        first or second), the DDIM update, and the new latents back into the requests' rows."""
+        if self.cfg:
+            first, second = eps.chunk(2)
+            uncond, cond = (first, second) if uncond_first else (second, first)
+            eps = uncond + self.guidance_scale * (cond - uncond)
+        out = _ddim_update(x, eps, p)
+        self.pools["latents"].index_copy_(0, idx, out)
+        return out
+
 
 class TextEncoder(StreamModule):
     """CLIP text encoder: token ids (b, 77) -> text states (b, 2, 77, D), [empty prompt;
@@ -457,12 +468,7 @@ class SDUNetStep(StreamModule):
         else:
             x_in, t_in, text = x, t, text[:, 1]
         eps = self.net(x_in, t_in, encoder_hidden_states=text).sample
-        if self.cfg:
-            uncond, cond = eps.chunk(2)
-            eps = uncond + self.guidance_scale * (cond - uncond)
-        out = _ddim_update(x, eps, p)
-        self.pools["latents"].index_copy_(0, idx, out)
-        return out
+        return self._denoise(idx, x, eps, p)
 
     def init_state(self, state):
         super().init_state(state)
@@ -492,12 +498,7 @@ class DiTStep(StreamModule):
             x_in, t_in, y_in = x, t, y
         out = self.net(x_in, timestep=t_in, class_labels=y_in).sample
         eps = out[:, : x.shape[1]]  # learned sigma: drop the variance channels
-        if self.cfg:
-            cond, uncond = eps.chunk(2)
-            eps = uncond + self.guidance_scale * (cond - uncond)
-        out = _ddim_update(x, eps, p)
-        self.pools["latents"].index_copy_(0, idx, out)
-        return out
+        return self._denoise(idx, x, eps, p, uncond_first=False)
 
     def init_state(self, state):
         super().init_state(state)
@@ -541,9 +542,7 @@ class PaletteStep(StreamModule):
         x = self.pools["latents"][idx]
         p = self.pools["sched"][idx, k]
         eps = self.net(torch.cat([x, self.pools["cond"][idx]], dim=1), p[:, T]).sample
-        out = _ddim_update(x, eps, p)
-        self.pools["latents"].index_copy_(0, idx, out)
-        return out
+        return self._denoise(idx, x, eps, p)
 
     def init_state(self, state):
         super().init_state(state)

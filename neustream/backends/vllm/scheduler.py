@@ -197,19 +197,14 @@ class PolicyScheduler(TimedScheduler):
 
     def _schedule(self, *args: Any, **kwargs: Any):
         t0 = _clock()
-        views = self.views
-        waiting = []
-        for req in self.waiting:
-            v = views[req.request_id]
+        def view(req):  # the policy's view of a vLLM request, its token counts brought up to date
+            v = self.views[req.request_id]
             v.num_generated = req.num_output_tokens
             v.num_computed = req.num_computed_tokens
-            waiting.append(v)
-        running = []
-        for req in self.running:
-            v = views[req.request_id]
-            v.num_generated = req.num_output_tokens
-            v.num_computed = req.num_computed_tokens
-            running.append(v)
+            return v
+
+        waiting = [view(req) for req in self.waiting]
+        running = [view(req) for req in self.running]
         d = self.ns_policy.decide(waiting, running, time.time())
         self._decision = {"decided": d.phase.name.lower(),
                           "decided_ids": [str(r.id) for r, _ in d.scheduled],

@@ -96,7 +96,7 @@ class AgentSimulator(Simulator):
     def __init__(self, program: AgentProgram, flow: AgentFlow, policies: dict[str, LlmPolicy],
                  placement: dict[str, int], exec_s: dict[str, float], *,
                  kv_tokens: dict[str, int | None] | None = None) -> None:
-        super().__init__()
+        super().__init__(flow.requests)
         kv_tokens = kv_tokens or {}
         stage_of = {i: s for s in program.llm_stages for i in s.instances()}
         missing = [i for i in stage_of if i not in placement or i not in policies]
@@ -118,8 +118,6 @@ class AgentSimulator(Simulator):
         self.pools = {s.name: ExecPool(program.exec_workers)
                       for s in program.stages if s.kind == "exec"}
         self.batches: list[dict] = []
-        for req in flow.requests:
-            self.push(req.arrival_s, self.Kind.ARRIVAL, req)
 
     def handle(self, kind: IntEnum, payload) -> None:
         now, flow, K = self.now_s, self.flow, self.Kind

@@ -268,62 +268,56 @@ class _Executor:
             else:
                 self._loop()
 
-    def _loop(self) -> None:
-        hub, cond = self.hub, self.hub.cond
-        idle = False
-        while True:
-            with cond:
-                if hub.stop:
-                    return
+    def _next(self, quiet: int | None = None):
+        """Under the lock: admit arrivals and decide; with nothing to run, sleep until something
+        changes and decide again. (decision, now, waited) or None once the run is over.
+        ``quiet``: ``hub.changes`` when an empty decision was just taken ahead; while nothing
+        changed since, it is not retried (as in the simulator)."""
+        hub, waited = self.hub, False
+        with hub.cond:
+            while not hub.stop:
                 hub.admit()
                 now = hub.now()
-                d = self.decide(now)
-                if not d.batch:
-                    if not hub.sleep(self, hub.changes):
-                        return
-                    idle = True
-                    continue
+                d = Decision.empty() if quiet == hub.changes else self.decide(now)
+                quiet = None
+                if d.batch:
+                    return d, now, waited
+                if not hub.sleep(self, hub.changes):
+                    return None
+                waited = True
+        return None
+
+    def _loop(self) -> None:
+        while (nxt := self._next()) is not None:
+            d, now, idle = nxt
             self.current = d
             model_s = self.execute(d)
-            end = hub.now()
-            with cond:
+            end = self.hub.now()
+            with self.hub.cond:
                 self.complete(d, now, end, model_s, idle)
             self.current = None
-            idle = False
 
     def _loop_ahead(self) -> None:
         """``_loop`` with the next decision made while the device runs (module NOTE)."""
         hub, cond, run = self.hub, self.hub.cond, self.run
         table = self.policy.table
-        idle = False
         ahead = None  # (decision, start_s, handle, after_idle): launched, not waited for
         quiet = None  # ``hub.changes`` after an empty decision taken ahead: no news since
         while True:
             if ahead is None:
-                with cond:
-                    if hub.stop:
-                        return
-                    hub.admit()
-                    now = hub.now()
-                    # an empty decision at the last batch's (predicted) end is not retried
-                    # before something changes, as in the simulator
-                    d = Decision.empty() if quiet == hub.changes else self.decide(now)
-                    quiet = None
-                    if not d.batch:
-                        if not hub.sleep(self, hub.changes):
-                            return
-                        idle = True
-                        continue
+                nxt = self._next(quiet)
+                quiet = None
+                if nxt is None:
+                    return
+                d, now, idle = nxt
                 self.current = d
                 if d.module == WHOLE_REQUESTS:
                     model_s = self.execute(d)
                     end = hub.now()
                     with cond:
                         self.complete(d, now, end, model_s, idle)
-                    idle = False
                     continue
                 ahead = (d, now, self.launch(d), idle)
-                idle = False
             d, start, handle, was_idle = ahead
             self.current = d
             nxt = row = None

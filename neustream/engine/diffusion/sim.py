@@ -7,11 +7,10 @@ one instant batch ends come first, then arrivals, then the decision (engine/even
 
 from __future__ import annotations
 
-from enum import IntEnum
 from typing import TYPE_CHECKING, Callable
 
 from neustream.engine.diffusion.run import RunState
-from neustream.engine.events import Device, Simulator
+from neustream.engine.events import Device, Kind, Simulator
 from neustream.latency import pipeline_s
 
 if TYPE_CHECKING:
@@ -21,27 +20,18 @@ if TYPE_CHECKING:
 
 
 class DiffusionSimulator(Simulator):
-    class Kind(IntEnum):
-        """Event kinds; the value orders events at the same instant."""
-
-        BATCH_END = 0
-        ARRIVAL = 1
-        DECIDE = 2
-
     def __init__(self, policy: Policy, table: LatencyTable, requests: list[Request]) -> None:
-        super().__init__()
+        super().__init__(requests)
         self.policy, self.table = policy, table
         self.state = RunState(policy, requests)
         self.device = Device()
-        for r in requests:
-            self.push(r.arrival_s, self.Kind.ARRIVAL, r)
 
-    def handle(self, kind: IntEnum, payload) -> None:
+    def handle(self, kind: Kind, payload) -> None:
         now, state = self.now_s, self.state
-        if kind is self.Kind.DECIDE:
+        if kind is Kind.DECIDE:
             self.decide(now)
             return
-        if kind is self.Kind.ARRIVAL:
+        if kind is Kind.ARRIVAL:
             state.arrive(payload, now)
         else:
             state.complete(*payload, now)
@@ -59,7 +49,7 @@ class DiffusionSimulator(Simulator):
         else:
             dur = self.table.latency(d.module, len(d.batch))
         self.state.start(d, now)
-        self.push(now + dur, self.Kind.BATCH_END, (d.module, d.batch, now))
+        self.push(now + dur, Kind.BATCH_END, (d.module, d.batch, now))
         self.device.busy = True
 
     def close(self) -> None:

@@ -9,10 +9,9 @@ first, then arrivals, then the decision (engine/events.py).
 
 from __future__ import annotations
 
-from enum import IntEnum
 from typing import TYPE_CHECKING, Callable
 
-from neustream.engine.events import Device, Simulator
+from neustream.engine.events import Device, Kind, Simulator
 from neustream.engine.llm.run import EngineState, step_cost
 
 if TYPE_CHECKING:
@@ -22,33 +21,24 @@ if TYPE_CHECKING:
 
 
 class LlmSimulator(Simulator):
-    class Kind(IntEnum):
-        """Event kinds; the value orders events at the same instant."""
-
-        STEP_END = 0
-        ARRIVAL = 1
-        DECIDE = 2
-
     def __init__(self, policy: LlmPolicy, model: LlmLatencyModel, requests: list[LlmRequest], *,
                  kv_capacity_tokens: int | None = None, block_size: int = 16) -> None:
-        super().__init__()
+        super().__init__(requests)
         self.policy, self.model = policy, model
         self.state = EngineState(policy, requests, kv_capacity_tokens=kv_capacity_tokens,
                                  block_size=block_size)
         self.device = Device()
-        for r in requests:
-            self.push(r.arrival_s, self.Kind.ARRIVAL, r)
 
-    def handle(self, kind: IntEnum, payload) -> None:
+    def handle(self, kind: Kind, payload) -> None:
         now, state = self.now_s, self.state
-        if kind is self.Kind.DECIDE:
+        if kind is Kind.DECIDE:
             phase, entries = state.apply(self.policy.decide(state.waiting, state.running, now), now)
             if entries:
-                self.push(now + step_cost(self.model, entries), self.Kind.STEP_END,
+                self.push(now + step_cost(self.model, entries), Kind.BATCH_END,
                           (phase, entries, now))
                 self.device.busy = True
             return
-        if kind is self.Kind.ARRIVAL:
+        if kind is Kind.ARRIVAL:
             state.arrive(payload, now)
         else:
             phase, entries, start = payload
