@@ -93,7 +93,7 @@ def options(family, part, backend, sec, p, spec, latency):
         return opts
     opts = f"--pred-steps {sec['pred_steps']}"
     if family == "agent":
-        opts += f" --placement {spec.get('placement', 'shared' if part == 'live' else 'spread')}"
+        opts += f" --placement {spec.get('placement', p['placement'])}"
         if backend == "sim":
             opts += f" --exec-times {latency}/exec-times.csv"
     if backend == "live":
