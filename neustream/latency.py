@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import csv
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,19 +28,60 @@ class TableError(ValueError):
     """A latency table that cannot be used; the message names the file and field."""
 
 
+# A latency that falls by more than this much as the batch grows is not measurement noise (the
+# tables measured here on a shared 2-core CPU showed drops of up to 18% between neighbours).
+FALL_TOLERANCE = 0.25
+
+
 def table_rows(path: Path, columns):
-    """(file line number, row) of a table CSV, '#' comment lines skipped; a missing file or
-    column is a TableError naming it."""
+    """(file line number, row) of a table CSV, '#' comment lines skipped. A missing file, a
+    missing or unknown column, or a row with more or fewer fields than the header is a
+    TableError naming the file (and line)."""
     if not path.is_file():
         raise TableError(f"latency table {path} does not exist")
     with path.open(newline="") as f:
         numbered = [(n, line) for n, line in enumerate(f, start=1) if not line.startswith("#")]
     reader = csv.DictReader(line for _, line in numbered)
-    missing = [c for c in columns if c not in (reader.fieldnames or ())]
+    header = reader.fieldnames or ()
+    missing = [c for c in columns if c not in header]
     if missing:
         raise TableError(f"{path}: missing column(s) {', '.join(missing)}")
+    unknown = [c for c in header if c not in columns]
+    if unknown:
+        raise TableError(f"{path}: unknown column(s) {', '.join(unknown)}; a table has "
+                         f"{', '.join(columns)}")
     for row in reader:
-        yield numbered[reader.line_num - 1][0], row
+        n = numbered[reader.line_num - 1][0]
+        if None in row or None in row.values():
+            raise TableError(f"{path}:{n}: {len(header)} fields expected, as the header has")
+        yield n, row
+
+
+def read_sidecar(path: Path, program=None) -> dict:
+    """The sidecar JSON of a table (``<table>.json``; {} when there is none); a TableError
+    naming it when it is not a JSON object or was measured for another workload than
+    ``program``."""
+    side = Path(path).with_suffix(".json")
+    if not side.is_file():
+        return {}
+    try:
+        meta = json.loads(side.read_text())
+    except (OSError, ValueError) as e:
+        raise TableError(f"{side}: not a readable sidecar ({e})") from None
+    if not isinstance(meta, dict):
+        raise TableError(f"{side}: not a sidecar (a JSON object)")
+    if program is not None and meta.get("workload") not in (None, program.name):
+        raise TableError(f"{path}: measured for workload {meta['workload']!r} (its sidecar "
+                         f"says), not {program.name!r}")
+    return meta
+
+
+def load_table(path: str | Path, program):
+    """The latency table of ``program``, whatever its family: a LatencyTable for a diffusion
+    program, an LlmLatencyModel for an LLM; checked against the program."""
+    cls = LatencyTable if hasattr(program, "modules") and not hasattr(program, "config") \
+        else LlmLatencyModel
+    return cls.from_csv(path, program)
 
 
 @dataclass(frozen=True)
@@ -74,8 +116,12 @@ class LatencyTable:
 
     @classmethod
     def from_csv(cls, path: str | Path, program: Program | None = None) -> LatencyTable:
+        """Load and check a table; with ``program``, also against it: its sidecar's workload,
+        its modules, batch sizes within the program's grid, and no latency that falls with
+        the batch size (beyond FALL_TOLERANCE). Errors name the file and rows."""
         path = Path(path)
         rows: dict[str, dict[int, float]] = {}
+        lines: dict[tuple[str, int], int] = {}
         for n, row in table_rows(path, COLUMNS):
             try:
                 b = int(row["batch_size"])
@@ -91,9 +137,13 @@ class LatencyTable:
             if b in by_size:
                 raise TableError(f"{path}:{n}: duplicate row for {row['module']} b={b}")
             by_size[b] = s
+            lines[row["module"], b] = n
         table = cls(rows, source=str(path))
         if program is not None:
+            read_sidecar(path, program)
             table.check(program)
+            for module, by_size in rows.items():
+                _check_curve(path, program.module(module), by_size, lines)
         return table
 
     def to_csv(self, path: str | Path) -> None:
@@ -111,6 +161,10 @@ class LatencyTable:
                 f"{self.source}: no rows for module(s) {', '.join(missing)} "
                 f"of workload {program.name}"
             )
+        unknown = [m for m in self._curves if m not in program.module_names]
+        if unknown:
+            raise TableError(f"{self.source}: module(s) {', '.join(unknown)} are not "
+                             f"{program.name}'s ({', '.join(program.module_names)})")
 
     # -- queries ---------------------------------------------------------------
 
@@ -134,6 +188,24 @@ class LatencyTable:
         """Least seconds per request over all batch sizes (the module's peak throughput)."""
         curve = self._curves[module]
         return min(s / b for b, s in zip(curve.sizes, curve.seconds))
+
+
+def _check_curve(path: Path, module, by_size: dict[int, float], lines: dict) -> None:
+    """A module's rows: batch sizes within its profiling grid, latency not falling with b."""
+    name = module.name
+    over = [b for b in by_size if b > module.max_batch]
+    if over:
+        raise TableError(f"{path}:{lines[name, max(over)]}: {name} at batch size {max(over)}, past "
+                         f"its largest batch {module.max_batch}")
+    top = (0, 0.0)  # (b, seconds) of the slowest smaller batch so far
+    for b in sorted(by_size):
+        if by_size[b] < (1 - FALL_TOLERANCE) * top[1]:
+            raise TableError(f"{path}:{lines[name, b]}: {name} takes {by_size[b]:.6g} s at b={b}, "
+                             f"less than {1 - FALL_TOLERANCE:.0%} of {top[1]:.6g} s at b={top[0]} "
+                             f"(line {lines[name, top[0]]}): latency must not fall as the batch "
+                             f"grows")
+        if by_size[b] > top[1]:
+            top = (b, by_size[b])
 
 
 # -- SLO arithmetic ---------------------------------------------------------------
@@ -271,10 +343,9 @@ class LlmLatencyModel:
 
     @classmethod
     def from_csv(cls, path: str | Path, program=None) -> LlmLatencyModel:
-        import json
-
         path = Path(path)
         rows: dict[str, list[tuple[int, int, float]]] = {"prefill": [], "decode": [], "vision": []}
+        lines: dict[int, tuple[str, int]] = {}  # file line -> (module, batch size)
         for n, row in table_rows(path, LLM_COLUMNS):
             if row["module"] not in rows:
                 raise TableError(f"{path}:{n}: module must be prefill, decode or vision, "
@@ -288,13 +359,17 @@ class LlmLatencyModel:
             if b < 1 or tokens < 1 or not (s > 0 and math.isfinite(s)):
                 raise TableError(f"{path}:{n}: need batch_size >= 1, tokens >= 1 and latency_s > 0")
             rows[row["module"]].append((b, tokens, s))
-        side = path.with_suffix(".json")
-        meta = json.loads(side.read_text()) if side.is_file() else {}
-        model = cls(rows["prefill"], rows["decode"], source=str(path), meta=meta,
-                    vision=rows["vision"])
-        if program is not None and meta.get("workload") not in (None, program.name):
-            raise TableError(f"{path}: measured for workload {meta['workload']!r}, not {program.name!r}")
-        return model
+            lines[n] = (row["module"], b)
+        meta = read_sidecar(path, program)
+        if program is not None:
+            over = [(b, n) for n, (m, b) in lines.items() if m != "vision"
+                    and b > program.max_num_seqs]
+            if over:
+                b, n = max(over)
+                raise TableError(f"{path}:{n}: batch size {b} is past {program.name}'s "
+                                 f"max_num_seqs {program.max_num_seqs}")
+        return cls(rows["prefill"], rows["decode"], source=str(path), meta=meta,
+                   vision=rows["vision"])
 
     def to_csv(self, path: str | Path) -> None:
         with Path(path).open("w", newline="") as f:
@@ -416,13 +491,26 @@ def exec_seconds(table_rows: list[dict]) -> dict[str, float]:
     return {p: sorted(v)[len(v) // 2] for p, v in by_plot.items()}
 
 
+EXEC_COLUMNS = ("plot", "repeat", "seconds", "status")
+
+
 def read_exec_times(path: str | Path) -> dict[str, float]:
-    """Median seconds per plotting program of an exec-times CSV (its ``ok`` rows)."""
+    """Median seconds per plotting program of an exec-times CSV (its ``ok`` rows); errors name
+    the file and line."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"exec-times table {path} does not exist")
-    with path.open(newline="") as f:
-        return exec_seconds([r for r in csv.DictReader(f) if r.get("status", "ok") == "ok"])
+    rows = []
+    for n, row in table_rows(path, EXEC_COLUMNS):
+        try:
+            seconds = float(row["seconds"])
+        except ValueError:
+            raise TableError(f"{path}:{n}: seconds must be a number, got {row['seconds']!r}") from None
+        if not (seconds > 0 and math.isfinite(seconds)):
+            raise TableError(f"{path}:{n}: seconds must be > 0, got {seconds}")
+        if row["status"] == "ok":
+            rows.append({"plot": row["plot"], "seconds": seconds})
+    return exec_seconds(rows)
 
 
 def agent_capacity_rps(program, models: dict[str, LlmLatencyModel], placement: dict[str, int],

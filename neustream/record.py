@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable
 
@@ -25,53 +27,148 @@ FAILED_SUFFIX = ".failed"  # a crashed live run keeps its partial records under 
 # -- writing ------------------------------------------------------------------------------------
 
 
+class RecordError(RuntimeError):
+    """A run's records could not be written where asked; the message says where they are kept."""
+
+
+def check_out(out_dir) -> Path:
+    """The run directory a run will write, checked before any work: a one-line ValueError when
+    it is empty, a file, or in a place this process cannot write."""
+    if out_dir is None or str(out_dir).strip() in ("", "."):
+        raise ValueError("--out: give the run directory to write (got an empty path)")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: a file is there, not a run directory")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        probe = out.parent / f".{out.name}.probe-{os.getpid()}"
+        probe.mkdir(exist_ok=True)
+        probe.rmdir()
+    except OSError as e:
+        raise ValueError(f"--out {out}: cannot write there ({e.strerror or e})") from None
+    return out
+
+
 def _write_lines(path: Path, rows: Iterable[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w") as f:
+    with path.open("w") as f:
         for row in rows:
             f.write(json.dumps(row, separators=(",", ":")) + "\n")
-    os.replace(tmp, path)
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    path.write_text(json.dumps(obj, indent=1) + "\n")
 
 
 def write_run(out_dir: str | Path, requests: list[dict], batches: list[dict],
               make_summary: Callable[[], dict]) -> dict:
-    """The three files of a finished run, in order: any old summary removed first, requests
-    and batches, then ``make_summary()`` written last under a temporary name and renamed.
-    Returns the summary."""
+    """The three files of a finished run, written into a staging folder beside ``out_dir``
+    (``make_summary()`` last) and swapped in whole: a reader sees the previous run or this one,
+    never a mix. When they cannot be written there (a full disk, a file in the way), they are
+    kept in ``<out_dir>.failed/`` or a temporary folder and RecordError says where. Returns the
+    summary."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / SUMMARY).unlink(missing_ok=True)
-    _write_lines(out / REQUESTS, requests)
-    _write_lines(out / BATCHES, batches)
-    summary = make_summary()
-    tmp = out / (SUMMARY + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=1) + "\n")
-    os.replace(tmp, out / SUMMARY)
-    return summary
+    stage = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    summary = None
+    try:
+        shutil.rmtree(stage, ignore_errors=True)
+        stage.mkdir(parents=True)
+        _write_lines(stage / REQUESTS, requests)
+        _write_lines(stage / BATCHES, batches)
+        summary = make_summary()
+        _write_json(stage / SUMMARY, summary)
+        _swap(stage, out)
+        return summary
+    except OSError as e:
+        shutil.rmtree(stage, ignore_errors=True)
+        error = f"could not write the run to {out}: {e.strerror or e}"
+        kept = keep_failed(out, requests, batches, {"summary": summary}, error)
+        raise RecordError(f"{error}; its records are kept in {kept}") from None
 
 
-def write_failed(out_dir: str | Path, requests: list[dict], batches: list[dict], settings: dict,
-                 error: str) -> Path:
-    """Keep the partial records of a run that stopped early: requests (unfinished ones with
-    status queued or running) and batches so far, the settings and the error; never a summary."""
+def _swap(stage: Path, out: Path) -> None:
+    """Put ``stage`` at ``out``; a previous run there goes as a whole."""
+    if not out.exists():
+        os.replace(stage, out)
+        return
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(out, old)
+    os.replace(stage, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def keep_failed(out_dir: str | Path, requests, batches, settings: dict, error: str) -> Path:
+    """Keep the records of a run that cannot end as a result, never with a summary: requests
+    (unfinished ones with status queued or running) and batches so far, and ``error.json`` (the
+    settings and the error), in ``<out_dir>.failed/``, or, when that cannot be written, in a new
+    temporary folder. Returns where."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    _write_lines(out / REQUESTS, requests)
-    _write_lines(out / BATCHES, batches)
-    (out / "error.json").write_text(json.dumps({**settings, "error": error}, indent=1) + "\n")
-    return out
+    requests, batches = list(requests), list(batches)
+    for make in (lambda: out.with_name(out.name + FAILED_SUFFIX),
+                 lambda: Path(tempfile.mkdtemp(prefix=f"neustream-{out.name}-"))):
+        try:
+            where = make()
+            shutil.rmtree(where, ignore_errors=True)
+            where.mkdir(parents=True)
+            _write_lines(where / REQUESTS, requests)
+            _write_lines(where / BATCHES, batches)
+            _write_json(where / "error.json", {**settings, "error": error})
+            return where
+        except OSError:
+            continue
+    raise RecordError(f"{error}; and no folder could be written to keep its records")
+
+
+def set_aside(out_dir: str | Path) -> str:
+    """After a failed rerun: move the previous run at ``out_dir`` (if any) to
+    ``<out_dir>.previous/``, so no summary stands where the failed run was asked to write;
+    returns what to tell the user ("" when there was none)."""
+    out = Path(out_dir)
+    if not (out / SUMMARY).is_file():
+        return ""
+    previous = out.with_name(out.name + ".previous")
+    shutil.rmtree(previous, ignore_errors=True)
+    os.replace(out, previous)
+    return f"; the previous run there moved to {previous}"
 
 
 # -- reading ------------------------------------------------------------------------------------
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    with Path(path).open() as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """The lines of a JSONL record; a ValueError naming the file and line when one is not JSON."""
+    path = Path(path)
+    rows = []
+    try:
+        with path.open() as f:
+            for n, line in enumerate(f, start=1):
+                if line.strip():
+                    rows.append(json.loads(line))
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read it ({e.strerror or e})") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{n}: not JSON ({e.msg})") from None
+    return rows
 
 
-def read_summary(path: str | Path) -> dict:
-    return json.loads(Path(path).read_text())
+def read_summary(path: str | Path, keys: Iterable[str] = ()) -> dict:
+    """A run's summary.json; a ValueError naming the file when it cannot be read, is not a JSON
+    object, or lacks one of ``keys``."""
+    path = Path(path)
+    try:
+        summary = json.loads(path.read_text())
+    except IsADirectoryError:
+        raise ValueError(f"{path}: a folder, not a summary.json") from None
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read it ({e.strerror or e})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a run summary ({getattr(e, 'msg', e)})") from None
+    if not isinstance(summary, dict):
+        raise ValueError(f"{path}: not a run summary (a JSON object)")
+    missing = [k for k in keys if k not in summary]
+    if missing:
+        raise ValueError(f"{path}: not a run summary, no {', '.join(missing)}")
+    return summary
 
 
 # -- summaries ----------------------------------------------------------------------------------

@@ -9,14 +9,16 @@ at rate 1 divided by r, so the points of a sweep differ only in what is swept.
 from __future__ import annotations
 
 import csv
+import io
+import json
 import math
 import numbers
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from neustream.files import atomic_write
 from neustream.latency import deadline_s, standalone_s
 from neustream.request import Request
 
@@ -73,16 +75,49 @@ def make_trace(program: Program, rate: float, cv: float, n: int, seed: int) -> l
     return rows
 
 
-def write_trace(path: str | Path, rows: list[dict]) -> None:
+def write_trace(path: str | Path, rows: list[dict], drawn: dict | None = None) -> None:
+    """Write a trace CSV (atomically); ``drawn`` (the workload, rate, cv, requests and seed it
+    was drawn with) goes to the sidecar ``<trace>.json``, which runs check their labels
+    against."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        for row in rows:
-            w.writerow({k: repr(v) if isinstance(v, float) else v for k, v in row.items()})
-    os.replace(tmp, path)
+    if path.is_dir():
+        raise ValueError(f"--out {path}: a folder, not a trace file")
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    w.writeheader()
+    for row in rows:
+        w.writerow({k: repr(v) if isinstance(v, float) else v for k, v in row.items()})
+    try:
+        if drawn is not None:
+            atomic_write(path.with_suffix(".json"), json.dumps(drawn, indent=1) + "\n")
+        atomic_write(path, buf.getvalue())
+    except OSError as e:
+        raise ValueError(f"--out {path}: cannot write there ({e.strerror or e})") from None
+
+
+def check_drawn(path: str | Path, **labels) -> None:
+    """A trace used under ``labels`` (workload, rate, cv, seed, ...) must have been drawn with
+    them, when its sidecar says how it was drawn; a one-line ValueError naming the first that
+    differs."""
+    side = Path(path).with_suffix(".json")
+    if not side.is_file():
+        return
+    try:
+        drawn = json.loads(side.read_text())
+    except (OSError, ValueError) as e:
+        raise TraceError(f"{side}: not a readable trace sidecar ({e})") from None
+    for key, value in labels.items():
+        if key in drawn and value is not None and str(drawn[key]) != str(value) \
+                and not _same_number(drawn[key], value):
+            raise TraceError(f"--trace {path} was drawn with {key}={drawn[key]} (its sidecar "
+                             f"says), not --{key} {value}")
+
+
+def _same_number(a, b) -> bool:
+    try:
+        return float(a) == float(b)
+    except (TypeError, ValueError):
+        return False
 
 
 def read_rows(path: str | Path, columns, parse, check) -> list[dict]:

@@ -272,9 +272,9 @@ def trace_param(column):
     """Params function: one column of the trace's row."""
 
     def param(wildcards, output):
-        if output[0] not in TRACES.index:
-            raise ValueError(f"{output[0]} is not a trace of the config")
-        return TRACES.loc[output[0], column]
+        if output.trace not in TRACES.index:
+            raise ValueError(f"{output.trace} is not a trace of the config")
+        return TRACES.loc[output.trace, column]
 
     return param
 

@@ -4,7 +4,8 @@
 
 rule trace:
     output:
-        "results/traces/{trace}/rate={rate}_cv={cv}_seed={seed}.csv",
+        trace="results/traces/{trace}/rate={rate}_cv={cv}_seed={seed}.csv",
+        drawn="results/traces/{trace}/rate={rate}_cv={cv}_seed={seed}.json",
     log:
         "results/logs/trace/{trace}/rate={rate}_cv={cv}_seed={seed}.log",
     params:
@@ -18,4 +19,4 @@ rule trace:
     shell:
         "neustream trace --workload {params.program} --rate {wildcards.rate}"
         " --cv {wildcards.cv} --requests {params.requests} --seed {wildcards.seed}"
-        " --out {output} > {log} 2>&1"
+        " --out {output.trace} > {log} 2>&1"

@@ -31,7 +31,7 @@ def plot(table_csv: str | Path, workload: str, sweep: str, out_png: str | Path,
     given), drawn for the workload's family."""
     if sweep not in SWEEPS:
         raise ValueError(f"sweep must be one of {', '.join(SWEEPS)}, got {sweep!r}")
-    df = pd.read_csv(table_csv)
+    df = read_table(table_csv)
     df = df[(df.workload == workload) & (df.sweep == sweep)]
     if device is not None:
         df = df[df.device.astype(str) == device]
@@ -48,6 +48,20 @@ def plot(table_csv: str | Path, workload: str, sweep: str, out_png: str | Path,
                  f"tables)", fontsize=9)
     fig.tight_layout()
     _save(fig, out_png)
+
+
+def read_table(table_csv: str | Path) -> pd.DataFrame:
+    """The goodput table; a one-line ValueError naming the file when it is not one."""
+    try:
+        df = pd.read_csv(table_csv)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{table_csv}: not a readable goodput table ({e})") from None
+    from neustream.analysis.goodput import COLUMNS
+
+    missing = [c for c in COLUMNS if c not in df]
+    if missing:
+        raise ValueError(f"{table_csv}: not a goodput table, no {', '.join(missing)}")
+    return df
 
 
 def _pyplot():

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pandas as pd
 
+from neustream.files import atomic_write
 from neustream.record import read_summary
 
 COLUMNS = [
@@ -16,17 +16,33 @@ COLUMNS = [
 ]
 
 
+# What names a run: two summaries with the same values are the same run given twice.
+IDENTITY = ("workload", "system", "backend", "device", "rate", "cv", "slo", "seed")
+# Columns of every summary the table is made from (``sweeps`` may be absent).
+NEEDED = tuple(c for c in COLUMNS if c not in ("sweep", "bound_rps"))
+
+
 def aggregate(summary_paths: list[str | Path], out_csv: str | Path) -> pd.DataFrame:
     """One row per (run, sweep it belongs to); a run at the default point is in
-    every sweep. ``bound_rps`` = min(offered rate, device capacity)."""
+    every sweep. ``bound_rps`` = min(offered rate, device capacity). A summary that cannot be
+    read, or a run given twice (the same file, or two files naming the same run), is a one-line
+    ValueError naming the files."""
     if not summary_paths:
         raise ValueError("aggregate: no summary.json files given")
-    rows = []
+    rows, seen = [], {}
     for path in summary_paths:
-        s = read_summary(path)
+        s = read_summary(path, NEEDED)
         n = s["n_ok"] + s["n_late"] + s["n_dropped"]
         if n != s["n_requests"]:
-            raise ValueError(f"{path}: n_ok + n_late + n_dropped = {n} != n_requests {s['n_requests']}")
+            raise ValueError(f"{path}: n_ok + n_late + n_dropped = {n} != n_requests "
+                             f"{s['n_requests']}")
+        run = tuple(str(s[k]) for k in IDENTITY)
+        if run in seen:
+            same = "is given twice" if Path(seen[run]).resolve() == Path(path).resolve() \
+                else f"and {seen[run]} are the same run"
+            named = ", ".join(f"{k}={v}" for k, v in zip(IDENTITY, run))
+            raise ValueError(f"aggregate: {path} {same} ({named}); each run is counted once")
+        seen[run] = path
         for sweep in s.get("sweeps") or [""]:
             rows.append({**s, "sweep": sweep})
     df = pd.DataFrame(rows)
@@ -37,9 +53,5 @@ def aggregate(summary_paths: list[str | Path], out_csv: str | Path) -> pd.DataFr
     extra += sorted(c for c in df if c.startswith("tps_"))  # multi-agent: per LLM stage
     df = df[COLUMNS + extra].sort_values(
         ["workload", "sweep", "system", "rate", "cv", "slo", "seed"], ignore_index=True)
-    out = Path(out_csv)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, out)
+    atomic_write(out_csv, df.to_csv(index=False))
     return df

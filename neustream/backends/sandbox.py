@@ -3,33 +3,32 @@
 The agent pipeline's CPU stage takes the code an LLM wrote, runs it, and hands the plot it saved
 (``novice.png``) to the vision model; when the code fails, a fallback image (the benchmark's ground
 truth in the original) is copied in its place so the next stage always gets a picture. This module
-is that stage's executor, a set of plotting programs written by us as workload data
-(``neustream/data/plots/``), and a measurement of their run times that the simulator replays.
+is that stage's executor; the programs it runs are workload data (``neustream/catalog/plots/``),
+and profiling/exec_times.py measures their run times for the simulator.
 
-NOTE on the method: each run is a child ``python`` (``sys.executable``) in its own process group,
-with the request's directory as working directory, HOME and TMPDIR, ``MPLBACKEND=Agg``, a shared
-matplotlib config/cache directory built once (so no run pays for the font cache), one BLAS thread,
-and resource limits (address space, CPU seconds, file size, no core files). A short prelude passed
-with ``-c`` sets the limits, installs a ``sys.addaudithook`` guard and then runs the code file with
-``runpy``. The guard raises ``PermissionError("[sandbox] blocked: ...")`` for writes, deletes,
-renames, mkdir, chmod and links outside the allowed directories (the workdir, the matplotlib cache,
-``allowed_write_dirs``), for sockets (connect, bind, name lookups) and for starting processes
-(subprocess, os.system, exec, spawn, fork). Reads anywhere stay allowed: matplotlib needs them.
-On timeout the whole process group is killed with SIGKILL, so a hanging or forking program never
-outlives its limit.
+NOTE on the method: each run is a child ``python`` (``sys.executable``) with the request's
+directory as working directory, HOME and TMPDIR, ``MPLBACKEND=Agg``, a shared matplotlib
+config/cache directory built once (so no run pays for the font cache), one BLAS thread, a clean
+environment, and resource limits (address space, CPU seconds, file size, processes, no core
+files). Two layers keep it in its place:
 
-Audit hooks are best effort against *accidents* in generated code (a stray ``savefig('/x.png')``,
-a ``pip install`` call, a download); they are NOT a security boundary against malicious code:
-ctypes, a C extension or ``os.open`` with a ``dir_fd`` can get around them. Hostile code belongs in
-a container or VM (no network namespace, read-only root, seccomp), not here.
+- **bubblewrap** (Debian's ``bwrap``, when it runs here; ``isolation()`` says): the child runs in
+  its own PID, network, IPC and UTS namespaces, in a new session, with the whole file system
+  read-only but its work directory and the matplotlib cache, a private ``/tmp`` and its own
+  ``/proc`` (the parent's processes and environment are out of sight). As root it also drops to
+  the ``nobody`` user (root's home hidden but the interpreter), so the process-count limit
+  applies. The time limit kills bwrap, whose namespace takes every descendant with it, a
+  ``setsid``-ed fork included. None of this can be switched off from inside the interpreter.
+- **an audit hook** (``sys.addaudithook``, set by a short prelude before the code runs with
+  ``runpy``): ``PermissionError("[sandbox] blocked: ...")`` for writes, deletes, renames, mkdir,
+  chmod and links outside the allowed directories, for sockets and for starting or signalling
+  processes, so an accident in generated code fails with a clear message. Alone (no bwrap) it
+  is best effort against accidents, not a boundary: ctypes or a C extension get around it, and
+  the time limit then kills the child's process group only.
 
 Success ("ok") means exit status 0 and a non-empty image file. The original artifact instead looked
 for "Traceback"/"Error:" in the log and for the png; a program that prints a traceback it caught
 and still saves its plot is "ok" here.
-
-CLI (works from a repo checkout with only numpy, matplotlib and pandas installed)::
-
-    python -m neustream.sandbox --repeats 3 --out exec_times.csv
 """
 
 from __future__ import annotations
@@ -58,6 +57,8 @@ LOG_NAME = "generated.log"
 BLOCKED_MARK = "[sandbox] blocked"
 LOG_TAIL_CHARS = 4000
 FSIZE_MB = 64
+NPROC = 128  # tasks of the child's user (nobody, under bubblewrap as root): no fork bomb
+NOBODY = 65534
 
 # Runs inside the child before the generated code. Standard library only; it reads its settings
 # from the NEUSTREAM_SANDBOX environment variable (JSON) and the code path from argv[1].
@@ -80,6 +81,7 @@ try:
     _limit("RLIMIT_CPU", cfg["cpu_s"], cfg["cpu_s"] + 1)  # SIGXCPU, then SIGKILL one second later
     _limit("RLIMIT_FSIZE", cfg["fsize_mb"] * mb, cfg["fsize_mb"] * mb)
     _limit("RLIMIT_CORE", 0, 0)
+    _limit("RLIMIT_NPROC", cfg["nproc"], cfg["nproc"])  # counts every task of the user
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an oversized write raises OSError, not a kill
 except ImportError:  # no resource module (Windows): the wall-clock kill still applies
     pass
@@ -146,12 +148,14 @@ runpy.run_path(script, run_name="__main__")
 class ExecResult:
     """What one run of generated code produced."""
 
+
     status: str  # one of STATUSES
     returncode: int | None  # child's exit status; negative = killed by that signal
     seconds: float  # wall time from process start to exit (or kill), measured by the parent
     image: Path | None  # the plot, or the fallback copy when the code failed; None when neither
     used_fallback: bool  # image is the fallback copy
     log: str  # the last LOG_TAIL_CHARS characters of the child's stdout+stderr
+    isolation: str = "guard"  # "bubblewrap" or "guard" (the audit hook and limits alone)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -240,6 +244,73 @@ def _child_env(workdir: Path, mpl_dir: Path, cfg: dict) -> dict[str, str]:
     return env
 
 
+_isolation: list[str] = []
+
+
+def isolation() -> str:
+    """"bubblewrap" when ``bwrap`` runs here (namespaces; see the module NOTE), else "guard"."""
+    if not _isolation:
+        bwrap = shutil.which("bwrap")
+        ok = False
+        if bwrap:
+            try:
+                ok = subprocess.run([bwrap, "--ro-bind", "/", "/", "--unshare-pid", "--unshare-net",
+                                     "--proc", "/proc", "--dev", "/dev", "true"],
+                                    capture_output=True, timeout=30).returncode == 0
+            except (OSError, subprocess.TimeoutExpired):
+                ok = False
+        _isolation.append("bubblewrap" if ok else "guard")
+    return _isolation[0]
+
+
+def _interpreter_paths() -> list[str]:
+    """Folders the child's interpreter reads (prefixes, its sys.path)."""
+    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(sys.executable)}
+    paths |= {p for p in sys.path if p and os.path.isdir(p)}
+    return sorted(os.path.realpath(p) for p in paths)
+
+
+def _bwrap(writable: list[Path], workdir: Path) -> list[str]:
+    """The bubblewrap command line a run's child starts under (module NOTE)."""
+    cmd = [shutil.which("bwrap"), "--die-with-parent", "--new-session", "--unshare-pid",
+           "--unshare-net", "--unshare-ipc", "--unshare-uts", "--ro-bind", "/", "/",
+           "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+    drop = os.geteuid() == 0
+    home = os.path.realpath(Path.home())
+    fresh = ["/tmp", home] if drop else ["/tmp"]  # empty file systems in the sandbox
+    if drop:  # root's home hidden, but what the interpreter reads there
+        cmd += ["--tmpfs", home]
+    binds = [(p, "--ro-bind") for p in _interpreter_paths() if drop and _under(p, home)]
+    binds += [(str(d), "--bind") for d in writable]
+    # bwrap makes the folders on the way to a bind in a fresh file system 0700: make them
+    # traversable first (the child may be `nobody`)
+    ways = sorted({str(a) for p, _ in binds for a in Path(p).parents
+                   if any(_under(str(a), f) for f in fresh)}, key=len)
+    for way in ways:
+        cmd += ["--perms", "0755", "--dir", way]
+    for p, how in binds:
+        cmd += [how, p, p]
+    cmd += ["--chdir", str(workdir)]
+    if drop:
+        cmd += [shutil.which("setpriv") or "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}",
+                "--clear-groups", "--"]
+    return cmd
+
+
+def _under(path: str, folder: str) -> bool:
+    return path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _give_to_nobody(folders: list[Path]) -> None:
+    """As root under bubblewrap the child is ``nobody``: the folders it writes become its."""
+    if os.geteuid() != 0:
+        return
+    for folder in folders:
+        for root, dirs, files in os.walk(folder):
+            for name in [root, *(os.path.join(root, n) for n in dirs + files)]:
+                os.lchown(name, NOBODY, NOBODY)
+
+
 def _kill_group(pgid: int) -> None:
     try:
         os.killpg(pgid, signal.SIGKILL)
@@ -292,7 +363,7 @@ def run_code(code: str, workdir: str | os.PathLike, *, timeout_s: float = 10.0,
     ``workdir`` (created if missing) is the request's own directory: the code is written there as
     ``generated.py``, its output goes to ``generated.log``, ``data_files`` are copied in first, and
     a stale ``image_name`` is removed so that only this run's plot counts. The child is killed
-    (its whole process group) after ``timeout_s`` of wall time. When the run is not "ok" and
+    (with everything it started) after ``timeout_s`` of wall time. When the run is not "ok" and
     ``fallback_image`` is given, the fallback is copied to ``workdir/image_name`` and returned.
     Safe to call from many threads at once (no ``preexec_fn``; limits are set by the child).
     """
@@ -325,9 +396,15 @@ def run_code(code: str, workdir: str | os.PathLike, *, timeout_s: float = 10.0,
         "mem_mb": int(mem_mb),
         "cpu_s": int(timeout_s) + 2,  # CPU time <= wall time for one thread: the wall kill comes first
         "fsize_mb": FSIZE_MB,
+        "nproc": NPROC,
         "mark": BLOCKED_MARK,
     }
     cmd = [sys.executable, "-c", _PRELUDE, str(script)]
+    how = isolation()
+    if how == "bubblewrap":
+        writable = [workdir, mpl_dir, *(Path(d).resolve() for d in allowed_write_dirs)]
+        _give_to_nobody(writable)
+        cmd = _bwrap(writable, workdir) + cmd
     with open(log_path, "wb") as log:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=workdir, env=_child_env(workdir, mpl_dir, cfg),
@@ -342,6 +419,8 @@ def run_code(code: str, workdir: str | os.PathLike, *, timeout_s: float = 10.0,
     text = _tail(log_path)
 
     rc = proc.returncode
+    if how == "bubblewrap" and rc is not None and rc > 128:
+        rc = 128 - rc  # bwrap reports the child's fatal signal as 128 + signal: as Popen does
     if timed_out or rc == -signal.SIGXCPU:  # wall limit, or the CPU-seconds limit
         status = "timeout"
     elif rc != 0:
@@ -359,7 +438,7 @@ def run_code(code: str, workdir: str | os.PathLike, *, timeout_s: float = 10.0,
             used_fallback = True
     return ExecResult(status=status, returncode=rc, seconds=seconds,
                       image=image if status == "ok" or used_fallback else None,
-                      used_fallback=used_fallback, log=text)
+                      used_fallback=used_fallback, log=text, isolation=how)
 
 
 # -------------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from neustream.cli.args import add_run_args, spec_from_args
+from neustream.files import check_out_file
 
 SWEEPS = ("rate", "cv", "slo")
 
@@ -30,14 +31,24 @@ def cmd_trace(a: argparse.Namespace) -> None:
     from neustream.runs.spec import DEFAULT_REQUESTS
     from neustream.traces import generate, write_trace
 
+    check_out_file(a.out)
     n = a.requests if a.requests is not None else DEFAULT_REQUESTS[family_of(a.workload)]
-    write_trace(a.out, generate(a.workload, a.rate, a.cv, n, a.seed))
+    write_trace(a.out, generate(a.workload, a.rate, a.cv, n, a.seed),
+                drawn={"workload": a.workload, "rate": a.rate, "cv": a.cv, "requests": n,
+                       "seed": a.seed})
 
 
 def _run(a: argparse.Namespace, backend: str) -> None:
     import importlib
 
+    from neustream.record import check_out
+    from neustream.traces import check_drawn
+
     spec = spec_from_args(a, backend)
+    check_out(spec.out)  # before any work: a run is never served into a place it cannot write
+    if spec.trace:  # the record's labels are the trace's own
+        check_drawn(spec.trace, workload=spec.workload, rate=spec.rate, cv=spec.cv,
+                    seed=spec.seed, requests=spec.requests)
     family = importlib.import_module(f"neustream.runs.{spec.family}")
     (family.simulate if backend == "sim" else family.serve)(spec)
 
@@ -53,6 +64,7 @@ def cmd_serve(a: argparse.Namespace) -> None:
 def cmd_fidelity(a: argparse.Namespace) -> None:
     from neustream.runs.fidelity import compare
 
+    check_out_file(a.out)
     compare(_lines(a.runs, a.run_list), a.out)
 
 
@@ -62,6 +74,7 @@ def cmd_fidelity(a: argparse.Namespace) -> None:
 def cmd_weights(a: argparse.Namespace) -> None:
     from neustream.backends.diffusion.weights import fetch, write_manifest
 
+    check_out_file(a.out)
     m = write_manifest(a.model, fetch(a.model, a.cache), a.out)
     print(f"{a.model}: {m['repo']}@{m['revision']} in {m['snapshot']}", file=sys.stderr)
 
@@ -77,12 +90,18 @@ def cmd_profile(a: argparse.Namespace) -> None:
     from neustream.catalog import family_of
 
     family = family_of(a.workload)
+    check_out_file(a.out)
     given = {k: v for k, v in vars(a).items() if k in PROFILE_ONLY}
     wrong = [k for k in given if PROFILE_ONLY[k] != family]
     if wrong:
         raise ValueError(f"--{wrong[0].replace('_', '-')} is for {PROFILE_ONLY[wrong[0]]} "
                          f"workloads, not {a.workload} ({family})")
     shared = {k: getattr(a, k) for k in ("dtype", "warmup", "repeats", "graphs") if hasattr(a, k)}
+    for k, v in {**given, **shared}.items():
+        least = 1 if k in ("repeats", "rounds", "decode_steps", "tensor_parallel") else 0
+        if isinstance(v, int) and not isinstance(v, bool) and v < least:
+            raise ValueError(f"--{k.replace('_', '-')} must be >= {least}, got {v}")
+    _check_device(a.device, given.get("engine", "vllm") if family == "llm" else "torch")
     command = shlex.join(["neustream", *a.argv])
     if family == "diffusion":
         _profile_diffusion(a, given, shared, command)
@@ -96,6 +115,20 @@ def cmd_profile(a: argparse.Namespace) -> None:
     else:
         raise ValueError(f"{a.workload} is a pipeline: profile its models (each LLM) and its "
                          f"code stages (neustream exec-times)")
+
+
+def _check_device(device: str, engine: str) -> None:
+    """--device names a device the measuring engine knows: vLLM's cpu or cuda, or a torch one."""
+    if engine == "vllm":
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"--device {device}: vLLM runs on cpu or cuda")
+        return
+    import torch
+
+    try:
+        torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"--device {device}: not a torch device (cpu, cuda, cuda:1 ...)") from None
 
 
 def _profile_diffusion(a: argparse.Namespace, given: dict, shared: dict, command: str) -> None:
@@ -119,6 +152,7 @@ def _profile_diffusion(a: argparse.Namespace, given: dict, shared: dict, command
 def cmd_exec_times(a: argparse.Namespace) -> None:
     from neustream.profiling.exec_times import write_exec_times
 
+    check_out_file(a.out)
     names = [n for n in (a.plots or "").split(",") if n] or None
     df = write_exec_times(a.out, a.repeats, a.timeout_s, names)
     print(df.groupby("plot")["seconds"].median().sort_values().round(3).to_string())
@@ -135,18 +169,21 @@ def cmd_exec_times(a: argparse.Namespace) -> None:
 def cmd_aggregate(a: argparse.Namespace) -> None:
     from neustream.analysis.goodput import aggregate
 
+    check_out_file(a.out)
     aggregate(_lines(a.summaries, a.summary_list), a.out)
 
 
 def cmd_plot(a: argparse.Namespace) -> None:
     from neustream.analysis.figures import plot
 
+    check_out_file(a.out)
     plot(a.table, a.workload, a.sweep, a.out, device=a.device)
 
 
 def cmd_plot_batches(a: argparse.Namespace) -> None:
     from neustream.analysis.figures import plot_batches
 
+    check_out_file(a.out)
     plot_batches(a.runs, a.out, title=a.title)
 
 
@@ -245,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from neustream.backends.diffusion.weights import WeightsError
+    from neustream.engine.events import StallError
+    from neustream.record import RecordError
     from neustream.runs.errors import RunError
 
     argv = sys.argv[1:] if argv is None else argv
@@ -256,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"neustream {args.verb}: error: {msg}", file=sys.stderr)
         return 2
-    except (RunError, WeightsError) as e:
+    except (RunError, WeightsError, RecordError, StallError) as e:
         print(f"neustream {args.verb}: error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -120,7 +120,8 @@ def profile(
     device, dtype = torch.device(device), parse_dtype(dtype)
     names = list(program.module_names if modules is None else modules)
     for name in names:
-        program.module(name)  # clear error for an unknown module
+        if not batch_sizes_for(program.module(name), batch_sizes):  # an unknown module: one line
+            raise ValueError(f"no batch size of {workload}/{name} to measure (asked: {batch_sizes})")
     rows = []
     for name in names:
         sizes = batch_sizes_for(program.module(name), batch_sizes)

@@ -21,7 +21,7 @@ from typing import Iterable
 
 import pandas as pd
 
-from neustream.backends.sandbox import run_code, shared_mpl_dir
+from neustream.backends.sandbox import isolation, run_code, shared_mpl_dir
 from neustream.catalog.agent import list_plots
 from neustream.files import atomic_write, cpu_name
 
@@ -90,6 +90,7 @@ def write_exec_times(out: str | Path, repeats: int = 3, timeout_s: float = 30.0,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "repeats": repeats,
         "timeout_s": timeout_s,
+        "isolation": isolation(),
         **overhead,
     }
     atomic_write(out.with_suffix(".json"), json.dumps(meta, indent=2) + "\n")

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from neustream.catalog.agent import get_agent_program, list_plots
 from neustream.catalog.llm import get_llm_program, image_tokens
 from neustream.engine.agent.flow import AgentFlow
-from neustream.latency import LlmLatencyModel, agent_capacity_rps
+from neustream.latency import LlmLatencyModel, agent_capacity_rps, load_table
 from neustream.record import summarize_agent, write_run
 from neustream.traces import check_positive, make_agent_trace, read_agent_trace
 
@@ -65,8 +65,7 @@ def setup(spec: RunSpec, backend: str) -> Setup:
     program = get_agent_program(spec.workload)
     for k in ("rate", "cv", "slo"):
         check_positive(k, getattr(spec, k))
-    models = {s.name: LlmLatencyModel.from_csv(Path(spec.latency) / f"{s.model}.csv",
-                                               get_llm_program(s.model))
+    models = {s.name: load_table(Path(spec.latency) / f"{s.model}.csv", get_llm_program(s.model))
               for s in program.llm_stages}
     rows = read_agent_trace(spec.trace, program) if spec.trace else make_agent_trace(
         program, spec.rate, spec.cv, spec.n_requests, spec.seed, plot_names())
@@ -156,6 +155,7 @@ def serve(spec: RunSpec) -> dict:
     device. Any other placement: each engine in its own process on its device
     (backends/vllm/engine_proc.ProcessServer; CUDA_VISIBLE_DEVICES=<device> on cuda), engines on
     different devices stepping at the same time, those on one device taking turns."""
+    from neustream.backends.sandbox import isolation
     from neustream.backends.vllm.engine_proc import EngineProcessError
     from neustream.engine.agent.live import serve_agent
 
@@ -195,7 +195,8 @@ def serve(spec: RunSpec) -> dict:
                   engine_processes=not in_process, steps_by_device=facts["steps_by_device"],
                   engines=engines, engine_stats={i: st["stats"] for i, st in sched.items()},
                   exec_status={k: sum(e["status"] == k for e in facts["execs"])
-                               for k in sorted({e["status"] for e in facts["execs"]})})
+                               for k in sorted({e["status"] for e in facts["execs"]})},
+                  sandbox=isolation())
     return _write(spec, s, _live_batches(sched, s.placement, facts), config, True)
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from neustream.catalog.diffusion import get_program
-from neustream.latency import LatencyTable, capacity_rps
+from neustream.latency import LatencyTable, capacity_rps, load_table
 from neustream.policy import make_policy
-from neustream.record import FAILED_SUFFIX, summarize, write_failed, write_run
+from neustream.record import FAILED_SUFFIX, check_out, keep_failed, set_aside, summarize, write_run
 from neustream.runs.errors import RunError
 from neustream.traces import check_positive, make_trace, read_trace, to_requests
 
@@ -41,7 +41,7 @@ def setup(spec: RunSpec) -> Setup:
     program = get_program(spec.workload)
     check_positive("rate", spec.rate)
     check_positive("cv", spec.cv)
-    table = LatencyTable.from_csv(spec.latency, program)
+    table = load_table(spec.latency, program)
     policy = make_policy(spec.system, program, table, spec.slo, spec.step_delta)
     rows = read_trace(spec.trace, program) if spec.trace else make_trace(
         program, spec.rate, spec.cv, spec.n_requests, spec.seed)
@@ -143,16 +143,15 @@ def serve_to_dir(out_dir: str | Path, policy: Policy, server, requests: list[Req
     from neustream.engine.diffusion.live import LiveError
     from neustream.engine.diffusion.live import serve as engine
 
-    out = Path(out_dir)
-    failed = out.with_name(out.name + FAILED_SUFFIX)
-    shutil.rmtree(failed, ignore_errors=True)  # a rerun starts clean
+    out = check_out(out_dir)
+    shutil.rmtree(out.with_name(out.name + FAILED_SUFFIX), ignore_errors=True)  # a rerun starts clean
     t0 = time.perf_counter()
     try:
         run = engine(policy, server, requests, **kw)
     except LiveError as e:
-        write_failed(failed, [r.row() for r in e.run.requests], e.run.batches, settings, str(e))
-        print(f"[serve] partial records kept in {failed}", file=sys.stderr)
-        raise RunError(str(e)) from e
+        kept = keep_failed(out, [r.row() for r in e.run.requests], e.run.batches, settings, str(e))
+        print(f"[serve] partial records kept in {kept}", file=sys.stderr)
+        raise RunError(f"{e}; partial records kept in {kept}{set_aside(out)}") from e
     config = {**settings, **live_settings(run, policy, table),
               "wall_s": round(time.perf_counter() - t0, 3)}
     rows = [r.row() for r in run.requests]

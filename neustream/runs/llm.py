@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from neustream.catalog.llm import get_llm_program
-from neustream.latency import LlmLatencyModel, llm_capacity_rps
+from neustream.latency import LlmLatencyModel, llm_capacity_rps, load_table
 from neustream.record import summarize_llm, write_run
 from neustream.traces import check_positive, make_llm_trace, read_llm_trace, to_llm_requests
 
@@ -37,7 +37,7 @@ def setup(spec: RunSpec) -> Setup:
     check_positive("rate", spec.rate)
     check_positive("cv", spec.cv)
     check_positive("slo", spec.slo)
-    model = LlmLatencyModel.from_csv(spec.latency, program)
+    model = load_table(spec.latency, program)
     rows = read_llm_trace(spec.trace, program) if spec.trace else make_llm_trace(
         program, spec.rate, spec.cv, spec.n_requests, spec.seed)
     pslo, dslo = spec.pslo or spec.slo, spec.dslo or spec.slo
@@ -74,6 +74,9 @@ def simulate(spec: RunSpec) -> dict:
     s = setup(spec)
     meta = s.model.meta
     kv_tokens = spec.kv_tokens if spec.kv_tokens is not None else meta.get("kv_capacity_tokens")
+    if kv_tokens and kv_tokens < s.program.max_model_len:  # vLLM refuses such an engine too
+        raise ValueError(f"--kv-tokens {kv_tokens}: the KV cache must hold one request of "
+                         f"{s.program.name}'s max_model_len ({s.program.max_model_len} tokens)")
     block = (meta.get("engine_config") or {}).get("block_size") or s.program.block_size
     policy = make_llm_policy(spec.system, s.model, max_num_seqs=s.program.max_num_seqs,
                              max_num_batched_tokens=s.program.max_num_batched_tokens,

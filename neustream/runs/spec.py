@@ -8,6 +8,7 @@ these fields, so an option exists once for every family that has it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -71,6 +72,18 @@ class RunSpec:
                                 "temporary folder)", ("llm",), ("live",))
     kv_cache_gib: float = _f(0.25, "KV cache of each engine in GiB", ("agent",), ("live",))
 
+    def __post_init__(self) -> None:
+        """One rule per option, for every family: a one-line ValueError naming the option."""
+        for name in ("rate", "cv", "max_lag", "kv_cache_gib"):
+            _check(name, getattr(self, name), lambda v: v > 0, "a number > 0")
+        for name in ("slo", "pslo", "dslo"):  # a deadline of slo x the stand-alone time
+            _check(name, getattr(self, name), lambda v: v > 1, "a number > 1")
+        _check("step_delta", self.step_delta, lambda v: 0 < v <= 1, "a number in (0, 1]")
+        for name in ("seed", "pred_steps", "threads", "kv_tokens"):
+            _check(name, getattr(self, name), lambda v: v >= 0, "an integer >= 0", int)
+        for name in ("requests", "tensor_parallel"):
+            _check(name, getattr(self, name), lambda v: v >= 1, "an integer >= 1", int)
+
     @property
     def family(self) -> str:
         from neustream.catalog import family_of
@@ -94,3 +107,12 @@ def options(family: str, backend: str) -> list:
     """The fields a run of ``family`` on ``backend`` reads."""
     return [f for f in fields(RunSpec)
             if family in f.metadata["families"] and backend in f.metadata["backends"]]
+
+
+def _check(name: str, value, ok, what: str, kind=(int, float)) -> None:
+    if value is None:
+        return
+    flag = "--" + name.replace("_", "-")
+    if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value) \
+            or not ok(value):
+        raise ValueError(f"{flag} must be {what}, got {value!r}")
