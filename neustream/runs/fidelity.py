@@ -49,11 +49,7 @@ def predict(live: dict, factor: float = 1.0) -> dict:
     """The simulator's summary for the trace, policy and table of a live run's summary, with
     every batch ``factor`` times the table's time (the policy decides on the table itself)."""
     s = setup(spec_of(live))
-    table = s.table
-    device = table if factor == 1.0 else LatencyTable(
-        {m: {b: factor * table.latency(m, b) for b in range(1, table.max_batch(m) + 1)}
-         for m in table.modules})
-    state = simulate(s.policy, device, s.requests)
+    state = simulate(s.policy, s.table if factor == 1.0 else s.table.scaled(factor), s.requests)
     return summarize([r.row() for r in state.requests], {})
 
 

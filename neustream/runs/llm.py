@@ -66,12 +66,13 @@ def _report(spec: RunSpec, summary: dict, wall_s: float) -> None:
           f"{summary['token_goodput_tps']:.1f} tok/s ({wall_s:.1f} s)", file=sys.stderr)
 
 
-def simulate(spec: RunSpec) -> dict:
-    """Simulate the spec's run and write its record; return the summary."""
+def run_sim(spec: RunSpec, s: Setup, step_factor: float = 1.0, progress=None):
+    """Simulate a set-up: (the engine's state, its KV capacity in tokens). With ``step_factor``
+    every step takes that much longer than the table says (the policy still decides on the
+    table): a prediction calibrated with a live run's measured step times."""
     from neustream.engine.llm.sim import simulate_llm
     from neustream.policy import make_llm_policy
 
-    s = setup(spec)
     meta = s.model.meta
     kv_tokens = spec.kv_tokens if spec.kv_tokens is not None else meta.get("kv_capacity_tokens")
     if kv_tokens and kv_tokens < s.program.max_model_len:  # vLLM refuses such an engine too
@@ -81,14 +82,22 @@ def simulate(spec: RunSpec) -> dict:
     policy = make_llm_policy(spec.system, s.model, max_num_seqs=s.program.max_num_seqs,
                              max_num_batched_tokens=s.program.max_num_batched_tokens,
                              pred_steps=spec.pred_steps)
+    costs = s.model if step_factor == 1.0 else s.model.scaled(step_factor)
+    state = simulate_llm(policy, costs, s.requests, kv_capacity_tokens=kv_tokens or None,
+                         block_size=block, progress=progress)
+    return state, kv_tokens
+
+
+def simulate(spec: RunSpec) -> dict:
+    """Simulate the spec's run and write its record; return the summary."""
+    s = setup(spec)
     t0 = time.perf_counter()
 
     def progress(sim) -> None:
         print(f"[{spec.system} {spec.workload}] t={sim.now_s:.1f} s: {sim.state.n_done}/"
               f"{len(s.requests)} done, {sim.state.n_ok} all on time", file=sys.stderr, flush=True)
 
-    state = simulate_llm(policy, s.model, s.requests, kv_capacity_tokens=kv_tokens or None,
-                         block_size=block, progress=progress)
+    state, kv_tokens = run_sim(spec, s, progress=progress)
     config = settings(spec, s, "sim", kv_tokens)
     config.update(preemptions=state.n_preemptions, steps=len(state.batches),
                   wall_s=round(time.perf_counter() - t0, 3))
@@ -96,6 +105,13 @@ def simulate(spec: RunSpec) -> dict:
     summary = write_run(spec.out, rows, state.batches, lambda: summarize_llm(rows, config))
     _report(spec, summary, config["wall_s"])
     return summary
+
+
+def predict(spec: RunSpec, step_factor: float = 1.0) -> dict:
+    """The simulator's summary of the spec's run, written nowhere (``run_sim``'s factor)."""
+    s = setup(spec)
+    run_sim(spec, s, step_factor)
+    return summarize_llm([r.row(token_times=False) for r in s.requests], {})
 
 
 def serve(spec: RunSpec) -> dict:

@@ -52,8 +52,9 @@ def test_simulate_uses_the_given_trace(tmp_path, palette_csv, palette):
     rows = read_trace(trace, palette)
     assert rows == make_trace(palette, 0.5, 1.0, 12, 4)
     out = tmp_path / "run"
-    # --rate/--requests say something else; the trace wins
-    assert main(simulate_args(palette_csv, out, trace=str(trace), requests="99")) == 0
+    # the run's labels are the trace's own (its sidecar says how it was drawn)
+    assert main(simulate_args(palette_csv, out, trace=str(trace), rate="0.5", cv="1",
+                              seed="4", requests=None)) == 0
     got = read_jsonl(out / "requests.jsonl")
     assert [(r["id"], r["arrival_s"], r["steps"]) for r in got] == [
         (r["id"], r["arrival_s"], r["steps"]) for r in rows]
@@ -209,7 +210,7 @@ def test_profile_verb_writes_a_loadable_table(tmp_path):
 
     out = tmp_path / "local" / "palette.csv"
     rc = main(["profile", "--workload", "palette", "--size", "tiny", "--max-batch", "2",
-               "--repeats", "1", "--warmup", "0", "--out", str(out)])
+               "--repeats", "3", "--warmup", "0", "--out", str(out)])
     assert rc == 0
     table = LatencyTable.from_csv(out, get_program("palette"))
     assert table.max_batch("unet") == 2

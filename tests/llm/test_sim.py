@@ -222,5 +222,5 @@ def test_cli_errors_name_the_field(tmp_path, table, capsys):
     assert main([*base, "--system", "orca", "--slo", "2"]) == 2
     assert "unknown LLM system 'orca'" in capsys.readouterr().err
     assert main([*base, "--system", "vllm", "--slo", "-1"]) == 2
-    assert "slo must be a number > 0" in capsys.readouterr().err
+    assert "--slo must be a number > 1, got -1.0" in capsys.readouterr().err
     assert not (tmp_path / "o" / "summary.json").exists()
