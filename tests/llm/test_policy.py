@@ -142,28 +142,51 @@ def test_neustream_drops_what_cannot_make_its_first_token():
     # exactly enough slack for an isolated prefill is kept
     edge = req(2, arrival_s=0.0, prompt=32)
     t_edge = edge.deadline_of(1) - MODEL.prefill_alone_s(32)
-    assert not p.drop_test(edge, t_edge) and p.drop_test(edge, t_edge + 1e-9)
+    idle = p.decode_step_s([])
+    assert not p.drop_test(edge, t_edge, idle) and p.drop_test(edge, t_edge + 1e-9, idle)
 
 
 def test_neustream_credit_delays_drops():
     r = req(0, arrival_s=0.0, prompt=32, slo=2.0)
     t = r.deadline_of(1) - MODEL.prefill_alone_s(32) + 0.01  # 10 ms past the plain test
-    assert neustream(pred_steps=0).drop_test(r, t)
+    p0 = neustream(pred_steps=0)
+    assert p0.drop_test(r, t, p0.decode_step_s([]))
     p = neustream(pred_steps=30)
-    # credit = 30 x (dslo x isolated step - last decode step) = 30 x (2 x 8.032 ms - 8 ms)
-    assert p.credit(r) == pytest.approx(30 * (2 * MODEL.decode_alone_s(32) - MODEL.decode_alone_s(0)))
-    assert not p.drop_test(r, t)
-    p.observe(Phase.DECODE, 0.030)  # decode running slow: the credit turns negative
-    assert p.credit(r) < 0 and p.drop_test(r, r.deadline_of(1) - MODEL.prefill_alone_s(32) - 0.01)
-    p.observe(Phase.PREFILL, 0.5)  # prefill steps do not count
-    assert p.last_decode_s == 0.030
+    # idle: credit = 30 x (dslo x isolated step - isolated step) = 30 x (2 x 8.032 ms - 8 ms)
+    idle = p.decode_step_s([])
+    assert idle == MODEL.decode_alone_s(0)
+    assert p.credit(r, idle) == pytest.approx(30 * (2 * MODEL.decode_alone_s(32) - idle))
+    assert not p.drop_test(r, t, idle)
+    # a large batch running: its step (15 ms + context) exceeds the 16 ms allowance less context
+    big = [req(10 + i, generated=1, prompt=1000) for i in range(16)]
+    step = p.decode_step_s(big)
+    assert step == pytest.approx(MODEL.decode_s(16, 16 * 1001))
+    assert p.credit(r, step) < 0 and p.drop_test(r, r.deadline_of(1) - MODEL.prefill_alone_s(32) - 0.01, step)
 
 
-def test_neustream_last_decode_is_a_median_of_recent_steps():
+def test_neustream_decode_estimate_is_corrected_by_measured_steps_not_remembered():
     p = neustream()
-    for s in (0.010, 0.010, 0.200, 0.012):
-        p.observe(Phase.DECODE, s)
-    assert p.last_decode_s == pytest.approx(0.011)  # one slow step does not swing the credit
+    running = [req(10 + i, generated=1, prompt=32) for i in range(4)]
+    model_step = MODEL.decode_s(4, 4 * 33)
+    for s in (2.0, 2.0, 40.0, 2.4):  # the host runs decode steps about twice the model's time
+        assert p.decide([], running, 0.0).phase is Phase.DECODE
+        p.observe(Phase.DECODE, s * model_step)
+    assert p.correction == pytest.approx(2.2)  # a median: one slow step does not swing it
+    assert p.decode_step_s(running) == pytest.approx(2.2 * model_step)
+    p.observe(Phase.PREFILL, 5.0)  # prefill steps do not count
+    assert p.correction == pytest.approx(2.2)
+    # nothing running: the isolated step, however slow the last batch was
+    assert p.decode_step_s([]) == MODEL.decode_alone_s(0)
+
+
+def test_neustream_serves_lone_requests_after_a_burst():
+    """The artifact's credit used the last measured decode step: after a large batch it stayed
+    high, every lone arrival on the idle server was dropped, and nothing refreshed it."""
+    from neustream.engine.llm.sim import simulate_llm
+    burst = [req(i, arrival_s=0.0, prompt=64, output=40, slo=2.0) for i in range(32)]
+    lone = [req(100 + i, arrival_s=10.0 * (i + 1), prompt=64, output=40, slo=2.0) for i in range(6)]
+    simulate_llm(neustream(), MODEL, burst + lone)
+    assert [r.status for r in lone] == [Status.OK] * 6
 
 
 def test_neustream_inserts_the_largest_prefill_that_keeps_running_requests_on_time():
@@ -214,7 +237,8 @@ def test_neustream_preempted_request_is_judged_on_its_next_token():
     r = req(0, prompt=32, output=10)
     r.num_generated, r.num_computed = 4, 0  # preempted after 4 tokens: recompute 36 tokens
     t = r.deadline_of(5) - MODEL.prefill_alone_s(36)
-    assert not p.drop_test(r, t) and p.drop_test(r, t + 1e-9)
+    idle = p.decode_step_s([])
+    assert not p.drop_test(r, t, idle) and p.drop_test(r, t + 1e-9, idle)
     d = p.decide([r], [], t)
     assert d.scheduled == [(r, 36)]
 
