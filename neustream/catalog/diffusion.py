@@ -8,6 +8,7 @@ others once. ``profile_batches`` is the grid of batch sizes the profiler measure
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from neustream.catalog.registry import lookup
@@ -102,3 +103,44 @@ PROGRAMS: dict[str, Program] = {
 
 def get_program(name: str) -> Program:
     return lookup(PROGRAMS, name, "workload")
+
+
+def parse_placement(text: str | None) -> dict[str, str]:
+    """``module=device,...`` (the CLI's form) or JSON ``{"module": "device"}`` -> dict."""
+    if not text:
+        return {}
+    text = text.strip()
+    if text.startswith("{"):
+        try:
+            out = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"placement: not valid JSON ({e.msg})") from None
+        if not isinstance(out, dict) or not all(isinstance(v, str) for v in out.values()):
+            raise ValueError("placement: JSON must map module names to device strings")
+        return out
+    out = {}
+    for part in text.split(","):
+        module, sep, device = part.partition("=")
+        if not sep or not module.strip() or not device.strip():
+            raise ValueError(f"placement: {part!r} is not module=device")
+        out[module.strip()] = device.strip()
+    return out
+
+
+def check_placement(program: Program, placement: dict[str, str]) -> None:
+    unknown = sorted(set(placement) - set(program.module_names))
+    if unknown:
+        raise ValueError(f"placement: {program.name} has no module(s) {', '.join(unknown)} "
+                         f"(modules: {', '.join(program.module_names)})")
+
+
+def placement_groups(program: Program, placement: dict[str, str],
+                     home: str) -> dict[str, tuple[str, ...]]:
+    """Device -> its modules in program order; modules the placement leaves out are on
+    ``home``. One device per group: the live server's executors, the simulator's devices."""
+    check_placement(program, placement)
+    out: dict[str, tuple[str, ...]] = {}
+    for m in program.module_names:
+        dev = placement.get(m, home)
+        out[dev] = out.get(dev, ()) + (m,)
+    return out

@@ -76,15 +76,20 @@ class Policy(ABC):
         Modules with waiting requests take turns (round robin from the one after
         the module served last), the way workers sharing one GPU would; drops
         found on the way are returned with the batch."""
-        names = self.queue_names
+        d, self._next = self.decide_among(self.queue_names, queues, now_s, self._next)
+        return d
+
+    def decide_among(self, names: tuple[str, ...], queues: Mapping[str, RequestQueue],
+                     now_s: float, turn: int) -> tuple[Decision, int]:
+        """``decide`` over the modules ``names`` of one device, their turn starting at
+        ``turn``; returns the decision and the next turn."""
         drops: list[tuple[str, Request]] = []
         for k in range(len(names)):
-            i = (self._next + k) % len(names)
+            i = (turn + k) % len(names)
             if not queues[names[i]]:
                 continue
             d = self.decide_module(names[i], queues[names[i]], now_s)
             drops += d.drops
             if d.batch:
-                self._next = i + 1
-                return Decision(names[i], d.batch, drops)
-        return Decision(None, [], drops)
+                return Decision(names[i], d.batch, drops), i + 1
+        return Decision(None, [], drops), turn

@@ -83,7 +83,9 @@ def capture_graph(fn, device):
             fn()
     torch.cuda.current_stream(device).wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    # on ``device``'s own stream: torch's default capture stream is made once, on whichever
+    # GPU was current at the first capture of the process
+    with torch.cuda.graph(graph, stream=stream):
         fn()
     return graph
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from neustream.catalog.diffusion import get_program
+from neustream.catalog.diffusion import check_placement, get_program, parse_placement
 from neustream.latency import LatencyTable, capacity_rps, load_table
 from neustream.policy import make_policy
 from neustream.record import FAILED_SUFFIX, check_out, keep_failed, set_aside, summarize, write_run
@@ -34,6 +34,7 @@ class Setup:
     table: LatencyTable
     policy: Policy
     requests: list[Request]
+    placement: dict[str, str]  # module -> device ({}: every module on one device)
 
 
 def setup(spec: RunSpec) -> Setup:
@@ -41,11 +42,13 @@ def setup(spec: RunSpec) -> Setup:
     program = get_program(spec.workload)
     check_positive("rate", spec.rate)
     check_positive("cv", spec.cv)
+    placement = parse_placement(spec.placement)
+    check_placement(program, placement)
     table = load_table(spec.latency, program)
     policy = make_policy(spec.system, program, table, spec.slo, spec.step_delta)
     rows = read_trace(spec.trace, program) if spec.trace else make_trace(
         program, spec.rate, spec.cv, spec.n_requests, spec.seed)
-    return Setup(program, table, policy, to_requests(rows, program, table, spec.slo))
+    return Setup(program, table, policy, to_requests(rows, program, table, spec.slo), placement)
 
 
 def settings(spec: RunSpec, s: Setup, backend: str) -> dict:
@@ -88,8 +91,10 @@ def simulate(spec: RunSpec) -> dict:
               f"t={now_s:.1f} s of {last:.1f} s ({time.perf_counter() - t0:.1f} s wall)",
               file=sys.stderr, flush=True)
 
-    state = engine(s.policy, s.table, s.requests, progress=progress)
+    state = engine(s.policy, s.table, s.requests, progress=progress, placement=s.placement)
     config = {**settings(spec, s, "sim"), "wall_s": round(time.perf_counter() - t0, 3)}
+    if s.placement:
+        config["placement"] = s.placement
     rows = [r.row() for r in state.requests]
     summary = write_run(spec.out, rows, state.batches, lambda: summarize(rows, config))
     _report(spec, summary, config["wall_s"])
@@ -103,7 +108,7 @@ def serve(spec: RunSpec) -> dict:
     """Serve the spec's run live with real modules; write its record; return the summary."""
     import torch
 
-    from neustream.backends.diffusion.server import DiffusionServer, parse_placement, table_modules
+    from neustream.backends.diffusion.server import DiffusionServer, table_modules
     from neustream.backends.diffusion.weights import WeightsError
 
     s = setup(spec)
@@ -118,7 +123,7 @@ def serve(spec: RunSpec) -> dict:
             size=mods["size"], device=mods["device"], dtype=mods["dtype"], graphs=mods["graphs"],
             weights=spec.weights, weights_dir=spec.weights_dir, seed=spec.seed,
             max_requests=len(s.requests),
-            placement=parse_placement(spec.placement) if spec.placement else None)
+            placement=s.placement or None)
     except WeightsError as e:
         raise RunError(str(e)) from None
     server.prepare()

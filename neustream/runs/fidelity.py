@@ -28,28 +28,35 @@ from neustream.runs.spec import RunSpec
 
 COLUMNS = ["workload", "system", "device", "rate", "cv", "slo", "seed", "n_requests",
            "live_attainment", "sim_attainment", "diff_points", "live_goodput_rps",
-           "sim_goodput_rps", "step_factor", "calibrated_sim_attainment", "calibrated_diff_points"]
+           "sim_goodput_rps", "step_factor", "calibrated_sim_attainment", "calibrated_diff_points",
+           "devices"]
 
 
 def step_factor(run_dir: Path, program, table: LatencyTable) -> float:
-    """Live time over table time, summed over the batches that followed another at once."""
+    """Live time over table time, summed over the batches that followed another of their
+    device at once."""
     steps = {r["id"]: r["steps"] for r in read_jsonl(run_dir / REQUESTS)}
     live = want = 0.0
-    batches = read_jsonl(run_dir / BATCHES)
-    for prev, b in zip(batches, batches[1:]):
-        if b.get("after_idle", True):
+    last_end: dict = {}  # device -> end of its last batch
+    for b in read_jsonl(run_dir / BATCHES):
+        dev = b.get("device")
+        prev_end, last_end[dev] = last_end.get(dev), b["end_s"]
+        if prev_end is None or b.get("after_idle", True):
             continue
-        live += b["end_s"] - prev["end_s"]
+        live += b["end_s"] - prev_end
         want += (pipeline_s(program, table, steps[b["ids"][0]], b["size"])
                  if b["module"] == WHOLE_REQUESTS else table.latency(b["module"], b["size"]))
     return live / want if want else 1.0
 
 
 def predict(live: dict, factor: float = 1.0) -> dict:
-    """The simulator's summary for the trace, policy and table of a live run's summary, with
-    every batch ``factor`` times the table's time (the policy decides on the table itself)."""
+    """The simulator's summary for the trace, policy, table and placement of a live run's
+    summary, with every batch ``factor`` times the table's time (the policy decides on the
+    table itself)."""
     s = setup(spec_of(live))
-    state = simulate(s.policy, s.table if factor == 1.0 else s.table.scaled(factor), s.requests)
+    table = s.table if factor == 1.0 else s.table.scaled(factor)
+    placement = (live.get("server") or {}).get("placement")
+    state = simulate(s.policy, table, s.requests, placement=placement)
     return summarize([r.row() for r in state.requests], {})
 
 
@@ -79,7 +86,8 @@ def compare(run_dirs: list[str | Path], out_csv: str | Path) -> pd.DataFrame:
                    diff_points=100 * (live["attainment"] - sim["attainment"]),
                    live_goodput_rps=live["goodput_rps"], sim_goodput_rps=sim["goodput_rps"],
                    step_factor=factor, calibrated_sim_attainment=calibrated["attainment"],
-                   calibrated_diff_points=100 * (live["attainment"] - calibrated["attainment"]))
+                   calibrated_diff_points=100 * (live["attainment"] - calibrated["attainment"]),
+                   devices=len(set(((live.get("server") or {}).get("placement") or {0: 0}).values())))
         rows.append(row)
         print(f"{row['workload']} {row['system']} rate={row['rate']:g} cv={row['cv']:g} "
               f"slo={row['slo']:g} seed={row['seed']} ({row['device']}): live "
@@ -87,7 +95,7 @@ def compare(run_dirs: list[str | Path], out_csv: str | Path) -> pd.DataFrame:
               f"diff {row['diff_points']:+.1f} points (batches x{factor:.3f} the table's time; "
               f"sim with that: {row['calibrated_diff_points']:+.1f})", file=sys.stderr)
     df = pd.DataFrame(rows, columns=COLUMNS).sort_values(
-        ["workload", "system", "rate", "cv", "slo", "seed"], ignore_index=True)
+        ["workload", "system", "devices", "rate", "cv", "slo", "seed"], ignore_index=True)
     out = Path(out_csv)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")

@@ -52,7 +52,8 @@ class RunSpec:
     exec_times: Path | None = _f(None, "measured seconds per plotting program (CSV)", ("agent",),
                                  ("sim",))
     placement: str | None = _f(None, "agent: spread, shared or instance=device,... (default: "
-                               "spread simulated, shared live); diffusion live: module=device,...",
+                               "spread simulated, shared live); diffusion: module=device,... (one device "
+                               "per name; modules left out stay on the table's device)",
                                ("diffusion", "agent"))
     # -- live
     weights: str = _f("random", "random or pretrained (hub) weights", ("diffusion",), ("live",))

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-from neustream.backends.diffusion.server import DiffusionServer, parse_placement, table_modules
+from neustream.backends.diffusion.server import DiffusionServer, table_modules
+from neustream.catalog.diffusion import parse_placement
 from neustream.catalog.diffusion import get_program
 from neustream.latency import LatencyTable, capacity_rps
 from neustream.policy import make_policy

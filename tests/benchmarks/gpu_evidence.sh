@@ -4,6 +4,10 @@
 #   bench    eager vs CUDA-graph call latency, the live worker's overhead, two CUDA streams
 #   tables   latency tables (CUDA graphs, the live worker's whole call) for the workloads in $TABLES
 #   live     live NeuStream and Clockwork runs (bench_live.py) on the tables in $LATENCY_DIR
+#   tp       the OPT-66B table at tensor parallelism 2 (two GPUs, profiling/tp.py)
+#   placement  live NeuStream on one GPU, then with $PLACE's modules on a second GPU, same traces
+#            ($PLACE: workload:rates:requests:module=cuda:1,...; tables from $T/tables if this
+#            call measured one, else resources/latency/$TABLE_DEVICE)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 T=/tmp/evidence
@@ -31,6 +35,25 @@ for stage in "$@"; do
           --latency "${LATENCY_DIR:-$T/tables}/$w.csv" --rates "$rates" --requests "$n" \
           --systems "${systems:-neustream,clockwork}" --out "$T/runs" > "$T/live_$w.log" 2>&1
         echo "live $w: rc=$?"; grep -E "on time" "$T/live_$w.log"
+      done ;;
+    tp)
+      timeout "${TP_TIMEOUT:-420}" python3 -m neustream.cli profile --workload opt-66b \
+        --engine transformers --device cuda --dtype fp16 --tensor-parallel 2 --warmup 2 \
+        --repeats 5 --out "$T/tables/opt-66b.csv" > "$T/profile_opt-66b.log" 2>&1
+      echo "table opt-66b tp=2: rc=$?"; tail -3 "$T/profile_opt-66b.log" ;;
+    placement)
+      for spec in $PLACE; do  # workload:rates:requests:placement
+        IFS=: read -r w rates n placement <<< "$spec"
+        placement=${spec#*:*:*:}
+        table="$T/tables/$w.csv"
+        [ -f "$table" ] || table="resources/latency/${TABLE_DEVICE:-h200}/$w.csv"
+        for gpus in 1 2; do
+          extra=(); [ "$gpus" = 2 ] && extra=(--placement "$placement")
+          timeout "${LIVE_TIMEOUT:-300}" python3 tests/benchmarks/bench_live.py --workload "$w" \
+            --latency "$table" --rates "$rates" --requests "$n" --systems neustream \
+            "${extra[@]}" --out "$T/runs_${gpus}gpu" > "$T/live_${w}_${gpus}gpu.log" 2>&1
+          echo "live $w on $gpus GPU(s): rc=$?"; grep -E "on time|ready" "$T/live_${w}_${gpus}gpu.log"
+        done
       done ;;
   esac
   pack

@@ -10,7 +10,8 @@ import time
 import pytest
 import torch
 
-from neustream.backends.diffusion.server import DiffusionServer, parse_placement
+from neustream.backends.diffusion.server import DiffusionServer
+from neustream.catalog.diffusion import parse_placement
 from neustream.engine.diffusion.live import LiveError, serve
 from neustream.latency import LatencyTable
 from neustream.policy import make_policy
@@ -188,3 +189,93 @@ def test_placed_real_modules_serve_a_trace(tmp_path):
     batches = read_jsonl(tmp_path / "run" / BATCHES)
     assert {b["device"] for b in batches} == {"cpu:0", "cpu:1"}
     assert all(b["device"] == PLACED[b["module"]] for b in batches)
+
+
+# -- the simulator serves a placement ----------------------------------------------------------
+
+SPLIT = {"text_encoder": "gpu-a", "vae": "gpu-a", "unet": "gpu-b"}
+
+
+def _sim(system="neustream", placement=None, rate=40.0, n=200):
+    from neustream.engine.diffusion.sim import simulate
+
+    return simulate(make_policy(system, SD, TABLE, 3.0), TABLE, _requests(rate, n),
+                    placement=placement)
+
+
+def test_simulated_placement_runs_devices_side_by_side_and_loses_nothing():
+    run = _sim(placement=SPLIT)
+    assert run.n_done == len(run.requests) == 200
+    assert {b["device"] for b in run.batches} == {"gpu-a", "gpu-b"}
+    for b in run.batches:
+        assert b["device"] == SPLIT[b["module"]]
+    for dev in ("gpu-a", "gpu-b"):  # one batch at a time per device
+        mine = sorted((b for b in run.batches if b["device"] == dev), key=lambda b: b["start_s"])
+        assert all(b["start_s"] >= a["end_s"] - 1e-12 for a, b in zip(mine, mine[1:]))
+    a = [b for b in run.batches if b["device"] == "gpu-a"]
+    b = [b for b in run.batches if b["device"] == "gpu-b"]
+    assert any(x["start_s"] < y["end_s"] and y["start_s"] < x["end_s"] for x in a for y in b)
+    for r in run.requests:  # every request went through every module in order, or was dropped
+        assert r.status.terminal
+    one = _sim()
+    assert run.n_ok > one.n_ok  # the VAE off the UNet's device: more on time at this load
+
+
+def test_a_placement_on_one_device_or_of_whole_requests_changes_nothing():
+    def records(run):
+        return [r.row() for r in run.requests], run.batches
+
+    assert records(_sim(placement={m: "x" for m in SD.module_names})) == records(_sim())
+    assert records(_sim("clockwork", placement=SPLIT)) == records(_sim("clockwork"))
+
+
+def test_simulated_placement_names_unknown_modules():
+    with pytest.raises(ValueError, match="placement: .* has no module.*decoder"):
+        _sim(placement={"decoder": "gpu-a"})
+
+
+# -- every tensor of a module on the module's own device ---------------------------------------
+
+
+def _tensors(obj, path, seen, out, depth=0):
+    """(path, device) of every tensor reachable from ``obj``: parameters, buffers, pools, inputs,
+    scheduler tables."""
+    if id(obj) in seen or depth > 4:
+        return
+    seen.add(id(obj))
+    if isinstance(obj, torch.Tensor):
+        out.append((path, obj.device))
+    elif isinstance(obj, torch.nn.Module):
+        out += [(f"{path}.{n}", t.device) for n, t in obj.named_parameters()]
+        out += [(f"{path}.{n}", t.device) for n, t in obj.named_buffers()]
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            _tensors(v, f"{path}[{k}]", seen, out, depth + 1)
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            _tensors(v, f"{path}[{i}]", seen, out, depth + 1)
+    elif hasattr(obj, "__dict__") and not isinstance(obj, type):
+        for k, v in vars(obj).items():
+            _tensors(v, f"{path}.{k}", seen, out, depth + 1)
+
+
+@pytest.mark.parametrize("workload", ["sd15-256", "dit-s2", "palette"])
+def test_each_module_keeps_its_tensors_on_its_own_device(workload):
+    """One module at a time on the meta device, the rest on the CPU: a tensor made without its
+    module's device (the default device, another module's) shows up on the wrong one. Only the
+    host staging rows of a call (pinned on a GPU) belong on the CPU."""
+    from neustream.catalog.diffusion import get_program
+
+    program = get_program(workload)
+    for moved in program.module_names:
+        server = DiffusionServer(workload, {m: 2 for m in program.module_names}, size="tiny",
+                                 placement={moved: "meta"})
+        for name, batcher in server.batchers.items():
+            found: list = []
+            _tensors(batcher, name, {id(s) for s in batcher._staging + batcher._sel}, found)
+            want = "meta" if name == moved else "cpu"
+            wrong = [(p, str(d)) for p, d in found if d.type != want]
+            assert found and not wrong, (moved, wrong[:5])
+        pools = {dev: {k: t.device.type for k, t in server.pools[dev].items()}
+                 for dev in server.pools}
+        assert all(t == dev.split(":")[0] for dev, p in pools.items() for t in p.values()), pools

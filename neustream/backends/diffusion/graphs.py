@@ -99,6 +99,7 @@ class Batcher:
                         self.graphs = self.pad = False
                         self._bucket = list(range(self.max_batch + 1))
                         torch.cuda.synchronize()
+                        torch.cuda.empty_cache()  # what the failed captures reserved
                         break
         if warmup and not self.graphs:
             for b in sizes or range(1, self.max_batch + 1):
@@ -110,14 +111,17 @@ class Batcher:
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         view = self.view(b)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
+        side = torch.cuda.Stream(self.module.device)
+        side.wait_stream(torch.cuda.current_stream(self.module.device))
         with torch.cuda.stream(side):
             for _ in range(2):
                 self.module(view)
-        torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.current_stream(self.module.device).wait_stream(side)
         g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g, pool=self._pool):
+        # Capture on this module's own stream: torch's default capture stream is made once per
+        # process, on the GPU current at the first capture, and a module on another GPU
+        # captured there fails ("operation failed due to a previous error during capture").
+        with torch.cuda.graph(g, pool=self._pool, stream=side):
             out = self.module(view)
         self._captured[b] = (g, out)
 

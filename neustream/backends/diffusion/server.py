@@ -30,7 +30,7 @@ import torch
 from neustream.backends.devices import device_name, parse_dtype
 from neustream.backends.diffusion.graphs import Batcher
 from neustream.backends.diffusion.nets import Pools, State, make_module
-from neustream.catalog.diffusion import get_program
+from neustream.catalog.diffusion import check_placement, get_program
 
 if TYPE_CHECKING:
     from neustream.request import Request
@@ -70,28 +70,6 @@ def device_key(spec: str, what: str = "device") -> str:
     return str(dev)
 
 
-def parse_placement(text: str | None) -> dict[str, str]:
-    """``module=device,...`` (the CLI's form) or JSON ``{"module": "device"}`` -> dict."""
-    if not text:
-        return {}
-    text = text.strip()
-    if text.startswith("{"):
-        try:
-            out = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"placement: not valid JSON ({e.msg})") from None
-        if not isinstance(out, dict) or not all(isinstance(v, str) for v in out.values()):
-            raise ValueError("placement: JSON must map module names to device strings")
-        return out
-    out = {}
-    for part in text.split(","):
-        module, sep, device = part.partition("=")
-        if not sep or not module.strip() or not device.strip():
-            raise ValueError(f"placement: {part!r} is not module=device")
-        out[module.strip()] = device.strip()
-    return out
-
-
 class DiffusionServer:
     """Runs batches of one workload's modules for requests at any step."""
 
@@ -103,10 +81,7 @@ class DiffusionServer:
         self.program = get_program(workload)
         if torch.device(device).type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"the latency table's modules run on {device}, which this machine lacks")
-        unknown = sorted(set(placement or {}) - set(self.program.module_names))
-        if unknown:
-            raise ValueError(f"placement: {workload} has no module(s) {', '.join(unknown)} "
-                             f"(modules: {', '.join(self.program.module_names)})")
+        check_placement(self.program, dict(placement or {}))
         home = device_key(device)
         placement = placement or {}
         # module -> executor name (a device string)

@@ -218,19 +218,8 @@ class _Executor:
 
     def _decide_own(self, now: float) -> Decision:
         """``Policy.decide`` over this executor's modules only."""
-        queues, n = self.run.queues, len(self.modules)
-        drops: list = []
-        for k in range(n):
-            i = (self.turn + k) % n
-            q = queues[self.modules[i]]
-            if not q:
-                continue
-            d = self.policy.decide_module(self.modules[i], q, now)
-            drops += d.drops
-            if d.batch:
-                self.turn = i + 1
-                return Decision(self.modules[i], d.batch, drops)
-        return Decision(None, [], drops)
+        d, self.turn = self.policy.decide_among(self.modules, self.run.queues, now, self.turn)
+        return d
 
     def complete(self, d: Decision, start: float, end: float, model_s: float,
                  idle: bool) -> None:
