@@ -203,15 +203,23 @@ def _check_curve(path: Path, module, by_size: dict[int, float], lines: dict) -> 
     if over:
         raise TableError(f"{path}:{lines[name, max(over)]}: {name} at batch size {max(over)}, past "
                          f"its largest batch {module.max_batch}")
-    top = (0, 0.0)  # (b, seconds) of the slowest smaller batch so far
+    for top, b in falls(by_size)[:1]:
+        raise TableError(f"{path}:{lines[name, b]}: {name} takes {by_size[b]:.6g} s at b={b}, "
+                         f"less than {1 - FALL_TOLERANCE:.0%} of {by_size[top]:.6g} s at "
+                         f"b={top} (line {lines[name, top]}): latency must not fall as the "
+                         f"batch grows")
+
+
+def falls(by_size: dict[int, float]) -> list[tuple[int, int]]:
+    """(b', b) pairs where batch size b takes less than (1 - FALL_TOLERANCE) of the slowest
+    smaller size b'."""
+    out, top = [], 0
     for b in sorted(by_size):
-        if by_size[b] < (1 - FALL_TOLERANCE) * top[1]:
-            raise TableError(f"{path}:{lines[name, b]}: {name} takes {by_size[b]:.6g} s at b={b}, "
-                             f"less than {1 - FALL_TOLERANCE:.0%} of {top[1]:.6g} s at b={top[0]} "
-                             f"(line {lines[name, top[0]]}): latency must not fall as the batch "
-                             f"grows")
-        if by_size[b] > top[1]:
-            top = (b, by_size[b])
+        if top and by_size[b] < (1 - FALL_TOLERANCE) * by_size[top]:
+            out.append((top, b))
+        if not top or by_size[b] > by_size[top]:
+            top = b
+    return out
 
 
 # -- SLO arithmetic ---------------------------------------------------------------

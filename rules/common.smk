@@ -287,13 +287,21 @@ def final_outputs():
     out = ["results/tables/goodput.csv"] + [f"results/figures/{f}.png" for f in FIGURES.index]
     if fidelity_runs():
         out.append("results/tables/fidelity.csv")
+        out += [f"results/tables/device-models/{w}.json" for w in live_diffusion_labels()]
     return out
 
 
-def fidelity_runs():
-    """Live diffusion runs: the simulator predicts each on its own trace and table."""
+def fidelity_runs(label=None):
+    """Live diffusion runs (of one workload label): the simulator predicts each on its own
+    trace and table; `calibrate` fits a device model per label from them."""
     rows = RUNS[(RUNS.family == "diffusion") & (RUNS.backend == "live")]
+    if label is not None:
+        rows = rows[rows.label == label]
     return list(rows.run)
+
+
+def live_diffusion_labels():
+    return sorted(set(RUNS[(RUNS.family == "diffusion") & (RUNS.backend == "live")].label))
 
 
 def alternatives(names):

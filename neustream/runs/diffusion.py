@@ -91,10 +91,21 @@ def simulate(spec: RunSpec) -> dict:
               f"t={now_s:.1f} s of {last:.1f} s ({time.perf_counter() - t0:.1f} s wall)",
               file=sys.stderr, flush=True)
 
-    state = engine(s.policy, s.table, s.requests, progress=progress, placement=s.placement)
+    device = None
+    if spec.device_model:
+        from neustream.engine.diffusion.device import DeviceModel
+
+        device = DeviceModel.from_json(spec.device_model)
+        if device.meta.get("workload") not in (None, spec.workload):
+            raise RunError(f"{spec.device_model}: a device model of {device.meta['workload']}, "
+                           f"not {spec.workload}")
+    state = engine(s.policy, s.table, s.requests, progress=progress, placement=s.placement,
+                   device=device, seed=spec.seed)
     config = {**settings(spec, s, "sim"), "wall_s": round(time.perf_counter() - t0, 3)}
     if s.placement:
         config["placement"] = s.placement
+    if spec.device_model:
+        config["device_model"] = str(spec.device_model)
     rows = [r.row() for r in state.requests]
     summary = write_run(spec.out, rows, state.batches, lambda: summarize(rows, config))
     _report(spec, summary, config["wall_s"])

@@ -41,6 +41,9 @@ class RunSpec:
     sweeps: tuple[str, ...] = _f((), "sweeps this run belongs to (comma-separated)")
     # -- diffusion
     step_delta: float = _f(0.95, "NeuStream's batch-cap headroom", ("diffusion",))
+    device_model: Path | None = _f(None, "device model JSON (neustream calibrate): batch times "
+                                   "drawn around the table's (default: the table's times)",
+                                   ("diffusion",), ("sim",))
     # -- llm, agent
     pslo: float | None = _f(None, "first token: x isolated prefill (default --slo)", ("llm",))
     dslo: float | None = _f(None, "later tokens: x isolated decode (default --slo)", ("llm",))

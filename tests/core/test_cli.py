@@ -12,7 +12,7 @@ from neustream.cli import main
 from neustream.traces import make_trace, read_trace
 from tests.support import read_jsonl, write_latency_csv, write_text
 
-VERBS = ("trace", "simulate", "serve", "fidelity", "weights", "profile", "exec-times",
+VERBS = ("trace", "simulate", "serve", "fidelity", "calibrate", "weights", "profile", "exec-times",
          "aggregate", "plot", "plot-batches")
 
 

@@ -18,7 +18,7 @@ from neustream.policy import make_policy
 from neustream.record import BATCHES, FAILED_SUFFIX, REQUESTS, SUMMARY, summarize
 from neustream.runs.diffusion import serve_to_dir
 from neustream.runs.errors import RunError
-from neustream.runs.fidelity import step_factor
+from neustream.runs.fidelity import step_factor, timed_batches
 from neustream.traces import make_trace, to_requests
 from tests.support import SD, read_jsonl
 
@@ -66,7 +66,7 @@ def _sim(system: str, rate: float, live_run=None, **kw) -> dict:
     """The simulator's summary; with ``live_run``, calibrated with that run's own batch times
     (every batch stretched by its measured time over the table's: a busy host slows the
     sleeping server's calls alike, which is not what these tests are about)."""
-    device = TABLE if live_run is None else TABLE.scaled(step_factor(live_run, SD, TABLE))
+    device = TABLE if live_run is None else TABLE.scaled(step_factor(timed_batches(live_run, SD, TABLE)))
     run = simulate(make_policy(system, SD, TABLE, 3.0), device, _requests(rate, **kw))
     return summarize([r.row() for r in run.requests], {})
 
@@ -249,6 +249,17 @@ def test_real_tiny_modules_neustream_beats_clockwork_on_a_bursty_trace(tiny_tabl
     fid = pd.read_csv(tmp_path / "fidelity.csv")
     assert len(fid) == 2 and set(fid.system) == {"neustream", "clockwork"}
     assert ((fid.live_attainment - fid.sim_attainment) * 100 - fid.diff_points).abs().max() < 1e-9
+    # each run's device model is fitted on the other run (same workload and table, but another
+    # system: so each is fitted on itself) and the prediction is given beside the others
+    assert set(fid.model_fit) == {"itself"}
+    assert fid.modelled_sim_attainment.between(0, 1).all()
+    # calibrate: one device model from both runs, loadable, for `simulate --device-model`
+    assert cli.main(["calibrate", str(tmp_path / "ns"), str(tmp_path / "cw"),
+                     "--out", str(tmp_path / "dm.json")]) == 0
+    from neustream.engine.diffusion.device import DeviceModel
+
+    dm = DeviceModel.from_json(tmp_path / "dm.json")
+    assert {"unet", "pipeline"} <= set(dm.ratios) and dm.meta["n_runs"] == 2
 
 
 def test_real_batches_mix_requests_at_different_steps(tiny_table):

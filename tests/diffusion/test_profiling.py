@@ -141,3 +141,25 @@ def test_pretrained_offline_fails_in_one_line(monkeypatch):
     with pytest.raises(RuntimeError, match="cannot download .*use weights: random") as e:
         diffusion.load_pretrained("dit-xl2", "dit")
     assert "\n" not in str(e.value)
+
+
+def test_a_hiccup_that_makes_latency_fall_is_timed_again(monkeypatch, capsys):
+    """A smaller batch slowed by a busy host (here: b=1's first timing, 10x) would make the
+    table fall as the batch grows, which the loader refuses; the profiler times both sizes again
+    and the pooled medians no longer fall."""
+    import neustream.profiling.diffusion as prof
+    from neustream.latency import falls
+
+    calls = {"n": 0}
+    real = prof.time_calls
+
+    def hiccup(fn, **kw):
+        calls["n"] += 1
+        t = real(fn, **kw)
+        return [10 * x + 1.0 for x in t] if calls["n"] == 1 else t  # the first timing: b=1
+
+    monkeypatch.setattr(prof, "time_calls", hiccup)
+    df = prof.profile("palette", size="tiny", repeats=3, warmup=0, batch_sizes=[1, 2])
+    assert calls["n"] > 2  # b=1 and b=2 timed again
+    assert "latency fell as the batch grew at b=[1, 2]; timed again" in capsys.readouterr().err
+    assert not falls(dict(zip(df.batch_size, df.latency_s)))

@@ -13,6 +13,11 @@ next module's queue, waking that module's device. A module keeps its table time 
 (each GPU of a placement is one of the table's); the hand-off copies between devices take no
 time here (tens to hundreds of KB per request, microseconds on NVLink). A whole-request
 policy (Clockwork) runs on one device whatever the placement, as live.
+
+A ``device`` model (engine/diffusion/device.py, fitted from live runs) makes each batch take
+a drawn time around the table's, with host time added; the policy still plans on the table, so
+a batch can now end later than planned and a request finish late. Without one, batches take the
+table's time exactly.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from neustream.latency import pipeline_s
 from neustream.policy.base import WHOLE_REQUESTS
 
 if TYPE_CHECKING:
+    from neustream.engine.diffusion.device import DeviceModel
     from neustream.latency import LatencyTable
     from neustream.policy.base import Policy
     from neustream.request import Request
@@ -35,9 +41,11 @@ HOME = "main"  # the device of the modules a placement leaves out
 
 class DiffusionSimulator(Simulator):
     def __init__(self, policy: Policy, table: LatencyTable, requests: list[Request],
-                 placement: Mapping[str, str] | None = None) -> None:
+                 placement: Mapping[str, str] | None = None, device: DeviceModel | None = None,
+                 seed: int = 0) -> None:
         super().__init__(requests)
         self.policy, self.table = policy, table
+        self.draws = device.sampler(seed) if device is not None else None
         self.state = RunState(policy, requests)
         groups = placement_groups(policy.program, dict(placement or {}), HOME)
         if policy.whole_requests or len(groups) == 1:
@@ -83,6 +91,8 @@ class DiffusionSimulator(Simulator):
             dur = pipeline_s(self.policy.program, self.table, d.batch[0].steps, len(d.batch))
         else:
             dur = self.table.latency(d.module, len(d.batch))
+        if self.draws is not None:
+            dur = self.draws.duration(d.module, len(d.batch), dur)
         self.state.start(d, now)
         self.push(now + dur, Kind.BATCH_END, (d.module, d.batch, now, device))
         device.busy = True
@@ -93,9 +103,11 @@ class DiffusionSimulator(Simulator):
 
 def simulate(policy: Policy, table: LatencyTable, requests: list[Request],
              progress: Callable[[Simulator], None] | None = None,
-             placement: Mapping[str, str] | None = None) -> RunState:
+             placement: Mapping[str, str] | None = None, device: DeviceModel | None = None,
+             seed: int = 0) -> RunState:
     """Serve ``requests`` (ordered by arrival) under ``policy`` on the devices of
-    ``placement`` (default: one); return the run's state."""
-    sim = DiffusionSimulator(policy, table, requests, placement)
+    ``placement`` (default: one), batches timed by the ``device`` model drawn from ``seed``
+    (default: the table's times); return the run's state."""
+    sim = DiffusionSimulator(policy, table, requests, placement, device, seed)
     sim.run(progress)
     return sim.state

@@ -1,0 +1,63 @@
+"""Live against simulated attainment for every committed live GPU run, side by side: the plain
+simulator, the simulator with every batch stretched by the run's own step factor, and the
+simulator with the device model fitted on the *other* runs of the same workload, table, system
+and executor (engine/diffusion/device.py).
+
+    python tests/benchmarks/bench_fidelity.py [--evidence evidence] [--out fidelity.csv]
+
+Run from the repository root: the runs' summaries name their tables under resources/latency/.
+Runs whose table is not in the checkout are skipped (listed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tarfile
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from neustream.runs.fidelity import compare
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--evidence", default="evidence")
+    p.add_argument("--out", default=None, help="CSV of every run (default: not kept)")
+    a = p.parse_args()
+    frames = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for tgz in sorted(Path(a.evidence).glob("*/runs.tar.gz")):
+            dest = Path(tmp) / tgz.parent.name
+            with tarfile.open(tgz) as t:
+                t.extractall(dest, filter="data")
+            runs, skipped = [], []
+            for s in sorted(dest.rglob("summary.json")):
+                d = json.loads(s.read_text())
+                if d.get("backend") != "live":
+                    continue
+                (runs if Path(d["latency_table"]).exists() else skipped).append(s.parent)
+            for d in skipped:
+                print(f"skipped (table not in the checkout): {d.relative_to(tmp)}")
+            if runs:
+                df = compare(runs, Path(tmp) / f"{tgz.parent.name}.csv")
+                df.insert(0, "evidence", tgz.parent.name)
+                frames.append(df)
+    df = pd.concat(frames, ignore_index=True)
+    if a.out:
+        df.to_csv(a.out, index=False)
+    show = df.assign(
+        live=100 * df.live_attainment, sim=100 * df.sim_attainment,
+        calibrated=100 * df.calibrated_sim_attainment, modelled=100 * df.modelled_sim_attainment)
+    cols = ["evidence", "workload", "system", "lookahead", "rate", "live", "sim", "calibrated",
+            "modelled", "model_fit"]
+    print(show[cols].round(1).to_string(index=False))
+    for name in ("diff_points", "calibrated_diff_points", "modelled_diff_points"):
+        within = (df[name].abs() <= 5).sum()
+        print(f"{name}: max |.| {df[name].abs().max():.1f} points, {within}/{len(df)} within 5")
+
+
+if __name__ == "__main__":
+    main()
