@@ -1,5 +1,6 @@
 # The goodput table of every run, its figures, and the simulator's prediction of each live
-# diffusion run (common.smk's FIGURES and fidelity_runs say which).
+# diffusion run with a device model fitted per live workload (common.smk's FIGURES and
+# fidelity_runs say which).
 
 
 rule aggregate:
@@ -96,3 +97,21 @@ rule fidelity:
         "../envs/analysis.yaml"
     shell:
         "neustream fidelity {params.runs} --out {output} > {log} 2>&1"
+
+
+rule calibrate:
+    input:
+        lambda wc: summaries(fidelity_runs(wc.workload)),
+    output:
+        "results/tables/device-models/{workload}.json",
+    log:
+        "results/logs/calibrate/{workload}.log",
+    params:
+        runs=lambda wc: fidelity_runs(wc.workload),
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/analysis.yaml"
+    shell:
+        "neustream calibrate {params.runs} --out {output} > {log} 2>&1"

@@ -65,14 +65,14 @@ def cmd_fidelity(a: argparse.Namespace) -> None:
     from neustream.runs.fidelity import compare
 
     check_out_file(a.out)
-    compare(_lines(a.runs, a.run_list), a.out)
+    compare(_lines(a.runs, a.run_list), a.out, a.tables)
 
 
 def cmd_calibrate(a: argparse.Namespace) -> None:
     from neustream.runs.fidelity import calibrate
 
     check_out_file(a.out)
-    m = calibrate(_lines(a.runs, a.run_list), a.out)
+    m = calibrate(_lines(a.runs, a.run_list), a.out, a.tables)
     print(f"device model of {m.meta['n_runs']} run(s), {m.meta['n_batches']} batches: "
           f"drift sd {m.drift_sd:.4f}; median ratio per module "
           f"{ {k: round(v['all'][10], 4) for k, v in m.ratios.items()} }; median host ms "
@@ -230,12 +230,15 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("runs", nargs="*", help="live run directories")
     q.add_argument("--run-list", help="file listing live run directories")
     q.add_argument("--out", required=True, help="CSV, one row per run")
+    q.add_argument("--tables", help="folder of the runs' latency tables, by file name (runs "
+                   "measured on another machine; default: the paths in their summaries)")
 
     q = add("calibrate", cmd_calibrate,
             "fit a device model (batch-time spread, host time, run drift) from live diffusion runs")
     q.add_argument("runs", nargs="*", help="live run directories of one workload and table")
     q.add_argument("--run-list", help="file listing live run directories")
     q.add_argument("--out", required=True, help="device model JSON (simulate --device-model)")
+    q.add_argument("--tables", help="folder of the runs' latency tables, by file name")
 
     q = add("weights", cmd_weights, "download a model's pinned weights into a hub cache")
     q.add_argument("--model", required=True, help="sd15 or dit-xl2")

@@ -94,7 +94,9 @@ def _kind(live: dict) -> tuple:
             tuple(sorted(((live.get("server") or {}).get("placement") or {}).items())))
 
 
-def _read(run_dirs) -> list[tuple[Path, dict, list[dict]]]:
+def _read(run_dirs, tables: str | Path | None = None) -> list[tuple[Path, dict, list[dict]]]:
+    """(run directory, summary, timed batches) of each live run; with ``tables``, each run's
+    table is the file of the same name in that folder (runs measured on another machine)."""
     if not run_dirs:
         raise ValueError("no live run directories given")
     out = []
@@ -102,15 +104,18 @@ def _read(run_dirs) -> list[tuple[Path, dict, list[dict]]]:
         live = read_summary(d / SUMMARY)
         if live.get("backend") != "live":
             raise ValueError(f"{d}: backend is {live.get('backend')!r}, not a live run")
+        if tables is not None:
+            live["latency_table"] = str(Path(tables) / Path(live["latency_table"]).name)
         program = get_program(live["workload"])
         table = LatencyTable.from_csv(live["latency_table"], program)
         out.append((d, live, timed_batches(d, program, table)))
     return out
 
 
-def calibrate(run_dirs: list[str | Path], out: str | Path) -> DeviceModel:
+def calibrate(run_dirs: list[str | Path], out: str | Path,
+              tables: str | Path | None = None) -> DeviceModel:
     """Fit a device model on live runs of one workload and table; write it to ``out``."""
-    runs = _read(run_dirs)
+    runs = _read(run_dirs, tables)
     kinds = {(live["workload"], live["latency_table"]) for _, live, _ in runs}
     if len(kinds) > 1:
         raise ValueError(f"calibrate: the runs mix workloads or tables {sorted(kinds)}; "
@@ -124,8 +129,9 @@ def calibrate(run_dirs: list[str | Path], out: str | Path) -> DeviceModel:
     return model
 
 
-def compare(run_dirs: list[str | Path], out_csv: str | Path) -> pd.DataFrame:
-    runs = _read(run_dirs)
+def compare(run_dirs: list[str | Path], out_csv: str | Path,
+            tables: str | Path | None = None) -> pd.DataFrame:
+    runs = _read(run_dirs, tables)
     rows = []
     for d, live, batches in runs:
         sim = predict(live)

@@ -5,8 +5,10 @@ and executor (engine/diffusion/device.py).
 
     python tests/benchmarks/bench_fidelity.py [--evidence evidence] [--out fidelity.csv]
 
-Run from the repository root: the runs' summaries name their tables under resources/latency/.
-Runs whose table is not in the checkout are skipped (listed).
+Run from the repository root. A run's table is the path its summary names; a table that a GPU
+call measured for its own runs (/tmp/evidence/tables/ there, see gpu_evidence.sh) is the file of
+that name in resources/latency/<device>/, the device named in the evidence folder (h100, h200),
+where such tables are committed. Runs whose table is not in the checkout are skipped (listed).
 """
 
 from __future__ import annotations
@@ -33,16 +35,27 @@ def main() -> None:
             dest = Path(tmp) / tgz.parent.name
             with tarfile.open(tgz) as t:
                 t.extractall(dest, filter="data")
-            runs, skipped = [], []
+            device = next((d for d in ("h100", "h200") if d in tgz.parent.name), None)
+            here = Path("resources/latency") / device if device else None
+            runs, moved, skipped = [], [], []
             for s in sorted(dest.rglob("summary.json")):
                 d = json.loads(s.read_text())
                 if d.get("backend") != "live":
                     continue
-                (runs if Path(d["latency_table"]).exists() else skipped).append(s.parent)
+                name = Path(d["latency_table"]).name
+                if Path(d["latency_table"]).exists():
+                    runs.append(s.parent)
+                elif (d["latency_table"].startswith("/tmp/evidence/tables/") and here is not None
+                      and (here / name).exists()):
+                    moved.append(s.parent)
+                else:
+                    skipped.append(s.parent)
             for d in skipped:
                 print(f"skipped (table not in the checkout): {d.relative_to(tmp)}")
-            if runs:
-                df = compare(runs, Path(tmp) / f"{tgz.parent.name}.csv")
+            for group, tables in ((runs, None), (moved, here)):
+                if not group:
+                    continue
+                df = compare(group, Path(tmp) / f"{tgz.parent.name}.csv", tables)
                 df.insert(0, "evidence", tgz.parent.name)
                 frames.append(df)
     df = pd.concat(frames, ignore_index=True)

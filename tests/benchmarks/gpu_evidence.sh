@@ -3,17 +3,20 @@
 # the GPU machine; results go under $OUT, or /tmp/out without it):
 #   bench    eager vs CUDA-graph call latency, the live worker's overhead, two CUDA streams
 #   tables   latency tables (CUDA graphs, the live worker's whole call) for the workloads in $TABLES
-#   live     live NeuStream and Clockwork runs (bench_live.py) on the tables in $LATENCY_DIR
+#   live     live NeuStream and Clockwork runs (bench_live.py; $LOOKAHEAD=1: --lookahead) on the
+#            tables this call measured, else those of $LATENCY_DIR (resources/latency/$TABLE_DEVICE)
 #   tp       the OPT-66B table at tensor parallelism 2 (two GPUs, profiling/tp.py)
 #   placement  live NeuStream on one GPU, then with $PLACE's modules on a second GPU, same traces
-#            ($PLACE: workload:rates:requests:module=cuda:1,...; tables from $T/tables if this
-#            call measured one, else resources/latency/$TABLE_DEVICE)
+#            ($PLACE: workload:rates:requests:module=cuda:1,...; tables as for live)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 T=/tmp/evidence
 mkdir -p "$T" "$OUT"
 export PYTHONUNBUFFERED=1
-pack() { tar czf "$OUT/evidence.tgz" -C /tmp evidence; }
+# $LANE names this invocation's archive, so that two of them (one per GPU) may run at once
+pack() { tar czf "$OUT/evidence${LANE:+_$LANE}.tgz" -C /tmp evidence; }
+table_of() { [ -f "$T/tables/$1.csv" ] && echo "$T/tables/$1.csv" ||
+  echo "${LATENCY_DIR:-resources/latency/${TABLE_DEVICE:-h200}}/$1.csv"; }
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv > "$T/gpu.txt" 2>&1
 python3 -c "import torch, diffusers, transformers; print(torch.__version__, diffusers.__version__, transformers.__version__)" > "$T/versions.txt" 2>&1
 for stage in "$@"; do
@@ -32,8 +35,9 @@ for stage in "$@"; do
       for spec in $LIVE; do  # workload:rates:requests[:systems]
         IFS=: read -r w rates n systems <<< "$spec"
         timeout "${LIVE_TIMEOUT:-300}" python3 tests/benchmarks/bench_live.py --workload "$w" \
-          --latency "${LATENCY_DIR:-$T/tables}/$w.csv" --rates "$rates" --requests "$n" \
-          --systems "${systems:-neustream,clockwork}" --out "$T/runs" > "$T/live_$w.log" 2>&1
+          --latency "$(table_of "$w")" --rates "$rates" --requests "$n" \
+          --systems "${systems:-neustream,clockwork}" ${LOOKAHEAD:+--lookahead} --out "$T/runs" \
+          > "$T/live_$w.log" 2>&1
         echo "live $w: rc=$?"; grep -E "on time" "$T/live_$w.log"
       done ;;
     tp)
@@ -45,8 +49,7 @@ for stage in "$@"; do
       for spec in $PLACE; do  # workload:rates:requests:placement
         IFS=: read -r w rates n placement <<< "$spec"
         placement=${spec#*:*:*:}
-        table="$T/tables/$w.csv"
-        [ -f "$table" ] || table="resources/latency/${TABLE_DEVICE:-h200}/$w.csv"
+        table=$(table_of "$w")
         for gpus in 1 2; do
           extra=(); [ "$gpus" = 2 ] && extra=(--placement "$placement")
           timeout "${LIVE_TIMEOUT:-300}" python3 tests/benchmarks/bench_live.py --workload "$w" \

@@ -186,7 +186,7 @@ def test_every_job_runs_in_an_env_that_has_what_it_needs(workdir: Path):
     assert p.returncode == 0, p.stderr[-3000:]
     jobs = [json.loads(line) for line in p.stdout.splitlines() if line.startswith("[")]
     assert {r for r, _, _ in jobs} >= {"profile", "trace", "simulate", "serve", "aggregate",
-                                       "plot", "plot_batches", "fidelity", "all"}
+                                       "plot", "plot_batches", "fidelity", "calibrate", "all"}
     seen = set()
     for rule, env, cmd in jobs:
         if rule == "all":

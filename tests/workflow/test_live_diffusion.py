@@ -37,7 +37,7 @@ def test_live_part_plans_live_serving_on_the_tables_measured_here(workdir):
                   cwd=workdir)
     jobs = job_counts(p.stdout)
     assert jobs["serve"] == 2 and jobs["simulate"] == 2 and jobs["profile"] == 1
-    assert jobs["fidelity"] == 1
+    assert jobs["fidelity"] == 1 and jobs["calibrate"] == 1
     assert "neustream serve --workload sd15-512 --label sd15-512" in p.stdout
     assert "results/runs/live/sd15-512/neustream/rate=4_cv=2_slo=3_seed=0" in p.stdout
     assert "--latency results/latency/local/sd15-512.csv" in p.stdout
@@ -63,7 +63,10 @@ def test_live_sweep_runs_end_to_end(workdir):
     assert s["backend"] == "live" and s["n_ok"] + s["n_late"] + s["n_dropped"] == 12
     fid = pd.read_csv(workdir / "results/tables/fidelity.csv")
     assert len(fid) == 2 and fid.diff_points.notna().all()
-    assert "diff" in (workdir / "results/logs/fidelity.log").read_text()
+    assert fid.modelled_diff_points.notna().all() and set(fid.model_fit) == {"itself"}
+    assert "max |live - sim|" in (workdir / "results/logs/fidelity.log").read_text()
+    model = json.loads((workdir / "results/tables/device-models/sd15-512.json").read_text())
+    assert model["n_runs"] == 2 and {"unet", "pipeline"} <= set(model["ratios"])
     for name in ("live/sd15-512_rate", "live/sd15-512_batches", "palette_batches"):
         assert (workdir / f"results/figures/{name}.png").stat().st_size > 10_000, name
     p = snakemake("-n", "--cores", "1", *args, cwd=workdir)
