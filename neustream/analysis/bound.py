@@ -190,3 +190,28 @@ def goodput_bound(program, table, requests, max_pairs: int = MAX_PAIRS,
     # The floor, past the solver's tolerance (rounding up only loosens the bound).
     count = min(n, int(math.floor(best + 1e-3)))
     return Bound(count, best, n, len(edges) - 1, exact, time.perf_counter() - t_start)
+
+
+def trace_bound(workload: str, latency, trace, slo: float) -> dict:
+    """The bound of one trace file served on one table at one SLO scale, as a record: what it
+    was computed from (goodput.py joins runs on trace, latency_table and slo) and
+    ``bound_rps``, the bound's requests per second of trace (the summaries' denominator)."""
+    import scipy
+
+    from neustream.catalog.diffusion import get_program
+    from neustream.latency import load_table
+    from neustream.traces import check_positive, read_trace, to_requests
+
+    program = get_program(workload)
+    check_positive("slo", slo)
+    table = load_table(latency, program)
+    requests = to_requests(read_trace(trace, program), program, table, slo)
+    b = goodput_bound(program, table, requests)
+    span_s = max(r.arrival_s for r in requests)
+    return {
+        "workload": workload, "latency_table": str(latency), "trace": str(trace), "slo": slo,
+        "n_requests": b.n, "bound_requests": b.requests, "lp_optimum": b.lp, "span_s": span_s,
+        "bound_rps": b.requests / span_s if span_s > 0 else 0.0,
+        "cells": b.cells, "exact_cells": b.exact_cells, "seconds": round(b.seconds, 3),
+        "scipy": scipy.__version__,
+    }
