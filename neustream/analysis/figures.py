@@ -20,6 +20,7 @@ SWEEPS = ("rate", "cv", "slo")
 LABELS = {"rate": "request rate (req/s)", "cv": "burstiness (CV of gaps)", "slo": "SLO scale"}
 STYLE = {  # system -> (colour, marker)
     "neustream": ("tab:red", "o"), "neustream-slack": ("tab:purple", "D"),
+    "neustream-keep": ("tab:orange", "v"),
     "clockwork": ("tab:blue", "s"), "neustream-llm": ("tab:red", "o"),
     "vllm-054": ("tab:green", "^"), "vllm": ("tab:blue", "s"),
 }
