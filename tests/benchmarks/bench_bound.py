@@ -1,14 +1,16 @@
 """Diffusion policies against the deadline-aware goodput bound, per workload and sweep point.
 
     python tests/benchmarks/bench_bound.py [--workloads sd15-256,dit-s2] [--sweeps rate]
-        [--systems neustream,neustream-slack] [--requests 500] [--seed 0]
+        [--systems neustream,neustream-slack] [--requests 500] [--seed 0] [--nodes 1]
 
 Runs the default config's simulated diffusion sweeps (config/config.yaml: workloads, points,
 device tables under resources/latency/, request count) in process: for each point the bound
 of its trace (analysis/bound.py) and each system's requests on time over it, side by side;
 then per workload the mean ratio of each system and, for every system after the first two,
 the points where it beats or trails the best of the paper's `neustream` and `neustream-slack`.
-Not run by the test suite (about 1-2 minutes for everything on one core).
+--nodes N bounds with x_i binary, the best bound HiGHS proves in N branch-and-bound nodes
+(tighter at tight SLOs, 2-30 s a point instead of 0.02-1 s). Not run by the test suite (about
+3 minutes for everything on one core with the LP).
 """
 
 from __future__ import annotations
@@ -52,11 +54,12 @@ def main() -> None:
     ap.add_argument("--systems", default=",".join(POLICIES["diffusion"]))
     ap.add_argument("--requests", type=int, default=sim.get("requests", 500))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--nodes", type=int, default=0, help="MIP nodes (0: the LP)")
     a = ap.parse_args()
     systems = a.systems.split(",")
     device = sim.get("device", "h100")
-    print(f"goodput over the bound (requests on time / bound), {a.requests} requests, seed "
-          f"{a.seed}, {device} tables")
+    print(f"goodput over the bound (requests on time / bound{', MIP' if a.nodes else ''}), "
+          f"{a.requests} requests, seed {a.seed}, {device} tables")
     print(f"{'workload':9} {'sweep':5} {'rate':>5} {'cv':>4} {'slo':>4} {'bound':>5} {'lp_s':>5} "
           + " ".join(f"{s:>16}" for s in systems))
     ratios: dict[tuple[str, str], list[float]] = {}
@@ -67,7 +70,8 @@ def main() -> None:
         table = LatencyTable.from_csv(ROOT / f"resources/latency/{device}/{name}.csv", program)
         for sweep, rate, cv, slo in points(sim["workloads"][name], a.sweeps.split(",")):
             rows = make_trace(program, rate, cv, a.requests, a.seed)
-            bound = goodput_bound(program, table, to_requests(rows, program, table, slo))
+            bound = goodput_bound(program, table, to_requests(rows, program, table, slo),
+                                  nodes=a.nodes)
             ok = {}
             for system in systems:
                 run = simulate(make_policy(system, program, table, slo), table,
