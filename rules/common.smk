@@ -222,6 +222,21 @@ def figure_table():
 FIGURES = figure_table()
 
 
+def bound_path(row):
+    return f"results/bounds/{row.label}/rate={row.rate}_cv={row.cv}_slo={row.slo}_seed={row.seed}.json"
+
+
+def bound_table():
+    """One row per deadline-aware goodput bound: each simulated diffusion run's trace, table
+    and SLO (the systems of a point share one)."""
+    rows = RUNS[(RUNS.family == "diffusion") & (RUNS.backend == "sim")]
+    rows = rows.assign(bound=[bound_path(r) for r in rows.itertuples()])
+    return rows.drop_duplicates("bound").set_index("bound", drop=False)
+
+
+BOUNDS = bound_table()
+
+
 # -- input functions ---------------------------------------------------------------------------
 
 
@@ -281,6 +296,14 @@ def trace_param(column):
 
 def summaries(runs):
     return [f"{r}/summary.json" for r in runs]
+
+
+def bound_row(wildcards):
+    path = (f"results/bounds/{wildcards.workload}/rate={wildcards.rate}_cv={wildcards.cv}"
+            f"_slo={wildcards.slo}_seed={wildcards.seed}.json")
+    if path not in BOUNDS.index:
+        raise ValueError(f"{path} is not a bound of the config")
+    return BOUNDS.loc[path]
 
 
 def final_outputs():

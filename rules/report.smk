@@ -1,11 +1,34 @@
-# The goodput table of every run, its figures, and the simulator's prediction of each live
+# The deadline-aware goodput bound of each simulated diffusion point (common.smk's BOUNDS), the
+# goodput table of every run, its figures, and the simulator's prediction of each live
 # diffusion run with a device model fitted per live workload (common.smk's FIGURES and
 # fidelity_runs say which).
 
 
+rule bound:
+    input:
+        trace=lambda wc: trace_path(bound_row(wc)),
+        tables=lambda wc: bound_row(wc).tables,
+    output:
+        "results/bounds/{workload}/rate={rate}_cv={cv}_slo={slo}_seed={seed}.json",
+    log:
+        "results/logs/bound/{workload}/rate={rate}_cv={cv}_slo={slo}_seed={seed}.log",
+    params:
+        program=lambda wc: bound_row(wc).program,
+        latency=lambda wc: bound_row(wc).latency,
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/analysis.yaml"
+    shell:
+        "neustream bound --workload {params.program} --latency {params.latency}"
+        " --trace {input.trace} --slo {wildcards.slo} --out {output} > {log} 2>&1"
+
+
 rule aggregate:
     input:
-        summaries(RUNS.run),
+        summaries=summaries(RUNS.run),
+        bounds=list(BOUNDS.bound),
     output:
         report(
             "results/tables/goodput.csv",
@@ -20,7 +43,7 @@ rule aggregate:
     conda:
         "../envs/analysis.yaml"
     shell:
-        "neustream aggregate {input} --out {output} > {log} 2>&1"
+        "neustream aggregate {input.summaries} --bounds {input.bounds} --out {output} > {log} 2>&1"
 
 
 rule plot:

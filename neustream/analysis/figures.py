@@ -1,7 +1,7 @@
 """Figures from the goodput table and run records: one sweep figure per family, batch sizes.
 
 ``plot`` draws the rows of one workload (and device) in one sweep, in the figure of the
-workload's family: diffusion goodput and attainment with the capacity bound; LLM token
+workload's family: diffusion goodput and attainment with the deadline-aware bound; LLM token
 goodput and attainment with the offered tokens; agent tokens on time per LLM stage and end to
 end. One line per system and backend (live solid, simulated dashed).
 """
@@ -20,6 +20,7 @@ SWEEPS = ("rate", "cv", "slo")
 LABELS = {"rate": "request rate (req/s)", "cv": "burstiness (CV of gaps)", "slo": "SLO scale"}
 STYLE = {  # system -> (colour, marker)
     "neustream": ("tab:red", "o"), "neustream-slack": ("tab:purple", "D"),
+    "neustream-keep": ("tab:orange", "v"),
     "clockwork": ("tab:blue", "s"), "neustream-llm": ("tab:red", "o"),
     "vllm-054": ("tab:green", "^"), "vllm": ("tab:blue", "s"),
 }
@@ -102,10 +103,13 @@ def _two_panels(df: pd.DataFrame, sweep: str, goodput: str, line: str, style: st
 
 
 def _diffusion(df: pd.DataFrame, sweep: str, program: str):
-    """Goodput and attainment, with the device's capacity bound dashed."""
-    fig, ax, ax2, mean = _two_panels(df, sweep, "goodput_rps", "bound_rps", "k--",
-                                     "bound: min(offered, capacity)",
-                                     ["goodput_rps", "bound_rps", "attainment"])
+    """Goodput and attainment, with a bound dashed: the deadline-aware bound of the simulated
+    runs (analysis/bound.py) where the table has it, else min(offered, capacity)."""
+    deadlines = "slo_bound_rps" in df and df.slo_bound_rps.notna().any()
+    line, label = (("slo_bound_rps", "bound: most on time, any schedule (LP)") if deadlines
+                   else ("bound_rps", "bound: min(offered, capacity)"))
+    fig, ax, ax2, mean = _two_panels(df, sweep, "goodput_rps", line, "k--", label,
+                                     ["goodput_rps", line, "attainment"])
     if sweep == "rate" and mean[sweep].max() >= 8 * mean[sweep].min():
         ticks = sorted(mean[sweep].unique())
         for a in (ax, ax2):  # rate grids span both systems' knees

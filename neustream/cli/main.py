@@ -178,11 +178,28 @@ def cmd_exec_times(a: argparse.Namespace) -> None:
 # -- results ----------------------------------------------------------------------------------
 
 
+def cmd_bound(a: argparse.Namespace) -> None:
+    import json
+
+    from neustream.analysis.bound import trace_bound
+    from neustream.catalog import family_of
+    from neustream.files import atomic_write
+
+    if family_of(a.workload) != "diffusion":
+        raise ValueError(f"--workload {a.workload}: the goodput bound is for diffusion workloads")
+    check_out_file(a.out)
+    b = trace_bound(a.workload, a.latency, a.trace, a.slo)
+    atomic_write(a.out, json.dumps(b, indent=1) + "\n")
+    print(f"{a.workload} slo={a.slo}: at most {b['bound_requests']}/{b['n_requests']} on time "
+          f"({b['bound_rps']:.3f} req/s, LP {b['lp_optimum']:.2f}, {b['seconds']} s)",
+          file=sys.stderr)
+
+
 def cmd_aggregate(a: argparse.Namespace) -> None:
     from neustream.analysis.goodput import aggregate
 
     check_out_file(a.out)
-    aggregate(_lines(a.summaries, a.summary_list), a.out)
+    aggregate(_lines(a.summaries, a.summary_list), a.out, bounds=_lines(a.bounds, a.bound_list))
 
 
 def cmd_plot(a: argparse.Namespace) -> None:
@@ -281,9 +298,19 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--plots", help="comma-separated subset (default: all)")
     q.add_argument("--out", required=True, help="CSV (a sidecar JSON is written beside it)")
 
+    q = add("bound", cmd_bound, "an upper bound on a diffusion trace's requests on time (an "
+            "LP relaxation, any schedule); write it as JSON")
+    q.add_argument("--workload", required=True, help="a diffusion program")
+    q.add_argument("--latency", required=True, help="latency table CSV")
+    q.add_argument("--trace", required=True, help="trace CSV")
+    q.add_argument("--slo", type=float, required=True, help="deadline over stand-alone latency")
+    q.add_argument("--out", required=True, help="JSON file")
+
     q = add("aggregate", cmd_aggregate, "collect run summaries into the goodput table")
     q.add_argument("summaries", nargs="*", help="summary.json files")
     q.add_argument("--summary-list", help="file listing summary.json paths")
+    q.add_argument("--bounds", nargs="*", default=[], help="bound JSON files (neustream bound)")
+    q.add_argument("--bound-list", help="file listing bound JSON paths")
     q.add_argument("--out", required=True)
 
     q = add("plot", cmd_plot, "a workload's goodput against one swept parameter, systems and "

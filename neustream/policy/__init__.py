@@ -10,6 +10,7 @@ from __future__ import annotations
 from neustream.catalog.registry import lookup
 from neustream.policy.base import WHOLE_REQUESTS, Decision, Policy
 from neustream.policy.clockwork import ClockworkPolicy
+from neustream.policy.keep import KeepPolicy
 from neustream.policy.llm.base import LlmDecision, LlmPolicy, Phase
 from neustream.policy.llm.neustream import NeuStreamLlmPolicy
 from neustream.policy.llm.vllm054 import Vllm054Policy
@@ -18,7 +19,7 @@ from neustream.policy.neustream import NeuStreamPolicy, SlackPolicy
 
 # family -> system name -> policy class
 POLICIES: dict[str, dict[str, type]] = {
-    "diffusion": {p.name: p for p in (NeuStreamPolicy, SlackPolicy, ClockworkPolicy)},
+    "diffusion": {p.name: p for p in (NeuStreamPolicy, SlackPolicy, KeepPolicy, ClockworkPolicy)},
     "llm": {p.name: p for p in (NeuStreamLlmPolicy, Vllm054Policy, VllmV1Policy)},
 }
 POLICIES["agent"] = POLICIES["llm"]

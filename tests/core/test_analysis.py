@@ -63,6 +63,33 @@ def test_aggregate_rows_columns_and_bound(tmp_path):
     assert len(df) == len(back)
 
 
+def test_aggregate_joins_each_simulated_run_with_its_bound(tmp_path):
+    keys = {"trace": "results/traces/palette/rate=1_cv=2_seed=0.csv",
+            "latency_table": "resources/latency/h100/palette.csv"}
+    paths = write_summaries(tmp_path, [
+        summary(**keys), summary(system="clockwork", **keys),
+        summary(slo=2.0, **keys),  # no bound at this SLO: left empty
+        summary(backend="live", **keys),  # live: the bound is for the table's device model
+    ])
+    bound = tmp_path / "bounds" / "b.json"
+    bound.parent.mkdir()
+    bound.write_text(json.dumps({**keys, "trace": "results/traces/palette/./rate=1_cv=2_seed=0.csv",
+                                 "slo": 3, "n_requests": 10, "bound_rps": 0.8}))
+    aggregate(paths, tmp_path / "g.csv", bounds=[bound])
+    back = pd.read_csv(tmp_path / "g.csv")
+    assert list(back.columns) == COLUMNS
+    got = back.set_index(["system", "backend", "slo"]).slo_bound_rps
+    assert got["neustream", "sim", 3.0] == got["clockwork", "sim", 3.0] == 0.8
+    assert pd.isna(got["neustream", "sim", 2.0]) and pd.isna(got["neustream", "live", 3.0])
+    assert (back.bound_rps == 1.0).all()  # min(offered, capacity) stays beside it
+    bound.write_text(json.dumps({**keys, "slo": 3, "n_requests": 12, "bound_rps": 0.8}))
+    with pytest.raises(ValueError, match="10 requests, but its bound"):
+        aggregate(paths, tmp_path / "g.csv", bounds=[bound])
+    bound.write_text("{}")
+    with pytest.raises(ValueError, match="not a bound record"):
+        aggregate(paths, tmp_path / "g.csv", bounds=[bound])
+
+
 def test_aggregate_run_without_sweeps_gives_one_row(tmp_path):
     paths = write_summaries(tmp_path, [summary(sweeps=[]), summary(sweeps=None, seed=1)])
     df = aggregate(paths, tmp_path / "g.csv")

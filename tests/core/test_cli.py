@@ -13,7 +13,7 @@ from neustream.traces import make_trace, read_trace
 from tests.support import read_jsonl, write_latency_csv, write_text
 
 VERBS = ("trace", "simulate", "serve", "fidelity", "calibrate", "weights", "profile", "exec-times",
-         "aggregate", "plot", "plot-batches")
+         "bound", "aggregate", "plot", "plot-batches")
 
 
 def simulate_args(latency_csv, out_dir, **over):
@@ -190,6 +190,35 @@ def test_aggregate_and_plot_verbs(tmp_path, palette_csv):
     png2 = tmp_path / "fig" / "batches.png"
     assert main(["plot-batches", str(runs[0]), str(runs[2]), "--out", str(png2)]) == 0
     assert png2.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bound_verb_joins_the_goodput_table(tmp_path, palette_csv, capsys):
+    import pandas as pd
+
+    trace = tmp_path / "trace.csv"
+    assert main(["trace", "--workload", "palette", "--rate", "3", "--cv", "2", "--requests", "40",
+                 "--seed", "1", "--out", str(trace)]) == 0
+    bound = tmp_path / "bounds" / "b.json"
+    assert main(["bound", "--workload", "palette", "--latency", str(palette_csv), "--trace",
+                 str(trace), "--slo", "3", "--out", str(bound)]) == 0
+    b = json.loads(bound.read_text())
+    assert b["n_requests"] == 40 and 0 < b["bound_requests"] <= 40
+    assert "at most" in capsys.readouterr().err
+    summaries = []
+    for system in ("neustream", "neustream-slack", "clockwork"):
+        out = tmp_path / "runs" / system
+        assert main(simulate_args(palette_csv, out, system=system, trace=str(trace), rate="3",
+                                  requests=None)) == 0
+        summaries.append(str(out / "summary.json"))
+    table = tmp_path / "goodput.csv"
+    assert main(["aggregate", *summaries, "--bounds", str(bound), "--out", str(table)]) == 0
+    df = pd.read_csv(table)
+    assert (df.slo_bound_rps == b["bound_rps"]).all()
+    assert (df.goodput_rps <= df.slo_bound_rps).all()
+    # only diffusion workloads have one
+    assert main(["bound", "--workload", "opt-13b", "--latency", str(palette_csv), "--trace",
+                 str(trace), "--slo", "3", "--out", str(tmp_path / "x.json")]) == 2
+    assert "for diffusion workloads" in capsys.readouterr().err
 
 
 def test_aggregate_verb_without_summaries(tmp_path, capsys):

@@ -177,7 +177,7 @@ CASES = [  # (program, rate, cv, slo, seed, n, growth of latency with batch size
     (SD, 8.0, 2.0, 2.0, 1, 60, 0.3),
     (DIT, 2.0, 4.0, 2.0, 5, 40, 0.05),
 ]
-SYSTEMS = ["neustream", "neustream-slack", "clockwork"]
+SYSTEMS = ["neustream", "neustream-slack", "neustream-keep", "clockwork"]
 
 
 def run_case(tmp_path, system, program, rate, cv, slo, seed, n, growth=0.05):

@@ -20,20 +20,22 @@ def planned(workdir: Path, *args: str) -> dict[str, int]:
 
 def test_default_config_plans_every_run_once(workdir: Path):
     jobs = planned(workdir)
-    sim = live = figures = 0
+    sim = live = figures = bounds = 0
     for family, sec in DEFAULT.items():
         for part in ("sim", "live"):
             p = sec.get(part) or {}
             systems = len(p.get("systems") or sec["systems"])
             for spec in (p.get("workloads") or {}).values():
-                runs = len(sweep_points(spec)) * systems * len(sec.get("seeds", [0]))
+                points = len(sweep_points(spec)) * len(sec.get("seeds", [0]))
+                runs = points * systems
                 figures += sum(bool(spec.get(s)) for s in ("rate", "cv", "slo"))
-                if part == "sim":
-                    sim += runs
-                else:  # a live part also simulates its traces unless told not to
+                simulated = part == "sim" or p.get("simulate", True)
+                if part == "live":  # a live part also simulates its traces unless told not to
                     live += runs
-                    sim += runs * p.get("simulate", True)
-    assert jobs["simulate"] == sim and jobs["serve"] == live
+                sim += runs * simulated
+                # one deadline-aware bound per simulated diffusion point, whatever the system
+                bounds += points * simulated * (family == "diffusion")
+    assert jobs["simulate"] == sim and jobs["serve"] == live and jobs["bound"] == bounds
     assert jobs["plot"] == figures and jobs["aggregate"] == 1 and jobs["fidelity"] == 1
     assert jobs["plot_batches"] == sum(len((sec.get(p) or {}).get("workloads") or {})
                                        for sec in DEFAULT.values() for p in ("sim", "live"))
@@ -119,6 +121,10 @@ def test_small_real_run(workdir: Path):
     assert set(table.system) == {"neustream", "clockwork"} and set(table.backend) == {"sim"}
     assert (table.n_ok + table.n_late + table.n_dropped == table.n_requests).all()
     assert (table.n_requests == 40).all()
+    # every simulated run has its trace's deadline-aware bound, and no system beats it
+    assert table.slo_bound_rps.notna().all()
+    assert (table.goodput_rps <= table.slo_bound_rps + 1e-9).all()
+    assert (table.groupby(["workload", "rate", "cv", "slo"]).slo_bound_rps.nunique() == 1).all()
     for name in ["sd15-256_rate", "sd15-256_cv", "sd15-256_slo", "sd15-256_batches",
                  "palette_rate", "palette_batches"]:
         png = workdir / f"results/figures/{name}.png"
@@ -135,6 +141,7 @@ def test_small_real_run(workdir: Path):
     (workdir / "results/tables/goodput.csv").unlink()
     jobs = planned(workdir, *args)
     assert jobs["aggregate"] == 1 and jobs["plot"] == 4 and "trace" not in jobs
+    assert "bound" not in jobs
 
 
 @pytest.mark.slow
