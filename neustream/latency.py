@@ -34,6 +34,23 @@ class TableError(ValueError):
 FALL_TOLERANCE = 0.5
 
 
+# The spread of measured times: these quantiles (0, 5, ..., 100 %) of the calls at one point.
+QUANTILES = [i / 20 for i in range(21)]
+
+
+def quantiles(xs) -> list[float]:
+    """The QUANTILES of ``xs`` (linear between order statistics)."""
+    xs = sorted(xs)
+    n = len(xs)
+    out = []
+    for q in QUANTILES:
+        pos = q * (n - 1)
+        i = int(pos)
+        j = min(i + 1, n - 1)
+        out.append(xs[i] + (xs[j] - xs[i]) * (pos - i))
+    return out
+
+
 def table_rows(path: Path, columns):
     """(file line number, row) of a table CSV, '#' comment lines skipped. A missing file, a
     missing or unknown column, or a row with more or fewer fields than the header is a

@@ -69,10 +69,17 @@ def cmd_fidelity(a: argparse.Namespace) -> None:
 
 
 def cmd_calibrate(a: argparse.Namespace) -> None:
-    from neustream.runs.fidelity import calibrate
+    from neustream.runs.fidelity import calibrate, calibrate_from_table
 
     check_out_file(a.out)
-    m = calibrate(_lines(a.runs, a.run_list), a.out, a.tables)
+    runs = _lines(a.runs, a.run_list) if a.runs or a.run_list else []
+    if a.table and runs:
+        raise ValueError("calibrate: give live runs or --table, not both")
+    if a.table:
+        m = calibrate_from_table(a.table, a.out)
+        print(f"device model from the profiler's spread in {a.table} -> {a.out}", file=sys.stderr)
+        return
+    m = calibrate(runs, a.out, a.tables)
     print(f"device model of {m.meta['n_runs']} run(s), {m.meta['n_batches']} batches: "
           f"drift sd {m.drift_sd:.4f}; median ratio per module "
           f"{ {k: round(v['all'][10], 4) for k, v in m.ratios.items()} }; median host ms "
@@ -256,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--run-list", help="file listing live run directories")
     q.add_argument("--out", required=True, help="device model JSON (simulate --device-model)")
     q.add_argument("--tables", help="folder of the runs' latency tables, by file name")
+    q.add_argument("--table", help="no runs: the spread of the profiler's calls kept in this "
+                   "table's sidecar (batch-time spread only)")
 
     q = add("weights", cmd_weights, "download a model's pinned weights into a hub cache")
     q.add_argument("--model", required=True, help="sd15 or dit-xl2")

@@ -34,7 +34,7 @@ from neustream.backends.devices import device_name, dtype_name, parse_dtype
 from neustream.backends.diffusion.graphs import Batcher
 from neustream.backends.diffusion.nets import Pools, State, StreamModule, make_module
 from neustream.catalog.diffusion import Module, get_program
-from neustream.latency import COLUMNS, falls
+from neustream.latency import COLUMNS, QUANTILES, falls, quantiles
 from neustream.profiling.timer import time_calls
 
 RETIMES = 3  # extra timings of sizes whose latency fell as the batch grew
@@ -50,6 +50,7 @@ PROVENANCE_KEYS = (
     "versions",
     "date_utc",
     "host_cpu_count",
+    "spread_s",
 )
 
 
@@ -125,6 +126,7 @@ def profile(
         if not batch_sizes_for(program.module(name), batch_sizes):  # an unknown module: one line
             raise ValueError(f"no batch size of {workload}/{name} to measure (asked: {batch_sizes})")
     rows = []
+    spread: dict[str, dict[str, list[float]]] = {}  # module -> size -> quantiles of its calls
     for name in names:
         sizes = batch_sizes_for(program.module(name), batch_sizes)
         t0 = time.perf_counter()
@@ -164,6 +166,7 @@ def profile(
                 print(f"[profile] {workload}/{name}: latency fell as the batch grew at "
                       f"b={bad}; timed again", file=sys.stderr, flush=True)
         rows += [(name, b, statistics.median(times[b])) for b in sizes]
+        spread[name] = {str(b): quantiles(times[b]) for b in sizes}
         del runner
         _free(device)
     df = pd.DataFrame(rows, columns=list(COLUMNS))
@@ -196,6 +199,9 @@ def profile(
         "versions": _versions(),
         "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "host_cpu_count": os.cpu_count(),
+        # every point's timed calls, as quantiles (seconds): `neustream calibrate --table`
+        "spread_quantiles": QUANTILES,
+        "spread_s": spread,
     }
     return df
 

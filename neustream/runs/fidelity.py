@@ -129,6 +129,23 @@ def calibrate(run_dirs: list[str | Path], out: str | Path,
     return model
 
 
+def calibrate_from_table(table_csv: str | Path, out: str | Path) -> DeviceModel:
+    """A device model from a table's own sidecar: the spread of the profiler's timed calls."""
+    from neustream.engine.diffusion.device import from_spread
+    from neustream.latency import read_sidecar
+
+    path = Path(table_csv)
+    prov = read_sidecar(path)
+    if not prov.get("spread_s"):
+        raise ValueError(f"{path.with_suffix('.json')}: no 'spread_s' (measured before the "
+                         f"profiler kept its calls' spread; profile the table again)")
+    program = get_program(prov["workload"])
+    model = from_spread(prov["spread_s"], LatencyTable.from_csv(path, program),
+                        {"workload": prov["workload"], "latency_table": str(path)})
+    atomic_write(out, model.to_text())
+    return model
+
+
 def compare(run_dirs: list[str | Path], out_csv: str | Path,
             tables: str | Path | None = None) -> pd.DataFrame:
     runs = _read(run_dirs, tables)

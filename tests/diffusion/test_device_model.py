@@ -10,7 +10,8 @@ import random
 import pytest
 
 from neustream import cli
-from neustream.engine.diffusion.device import QUANTILES, DeviceModel, draw, fit, quantiles
+from neustream.engine.diffusion.device import DeviceModel, draw, fit
+from neustream.latency import QUANTILES, quantiles
 from neustream.engine.diffusion.sim import simulate
 from neustream.policy import make_policy
 from neustream.traces import make_trace, to_requests
@@ -119,3 +120,23 @@ def test_simulate_uses_a_device_model_of_its_own_workload(tmp_path, capsys):
     assert cli.main(argv) == 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["device_model"] == str(tmp_path / "m.json")
+
+
+def test_a_device_model_from_the_profilers_spread(tmp_path, capsys):
+    """The profiler keeps each point's timed calls as quantiles in the sidecar; calibrate
+    --table turns them into batch-time ratios around the table (the median is the table)."""
+    assert cli.main(["profile", "--workload", "palette", "--size", "tiny", "--max-batch", "2",
+                     "--repeats", "5", "--warmup", "1", "--out", str(tmp_path / "p.csv")]) == 0
+    side = json.loads((tmp_path / "p.json").read_text())
+    assert set(side["spread_s"]["unet"]) == {"1", "2"} and len(side["spread_s"]["unet"]["1"]) == 21
+    assert cli.main(["calibrate", "--table", str(tmp_path / "p.csv"),
+                     "--out", str(tmp_path / "m.json")]) == 0
+    m = DeviceModel.from_json(tmp_path / "m.json")
+    assert m.meta["workload"] == "palette" and not m.host_s and m.drift_sd == 0
+    for b in ("1", "2"):
+        qs = m.ratios["unet"][b]
+        assert qs[10] == pytest.approx(1.0)  # 5 calls: the median call is the table's entry
+        assert qs[0] <= 1.0 <= qs[-1]
+    assert cli.main(["calibrate", str(tmp_path), "--table", str(tmp_path / "p.csv"),
+                     "--out", str(tmp_path / "m2.json")]) == 2
+    assert "give live runs or --table, not both" in capsys.readouterr().err

@@ -9,8 +9,11 @@ size, device seconds ``model_s`` and start/end on the wall clock) by ``fit``:
 - ``host_s``: quantiles of the host time each batch adds (its end minus the previous batch's end
   on its device, less its device seconds; batches right after an idle spell are left out), per
   module: the decision, bookkeeping and launch the table does not time;
-- ``drift_sd``: the spread (standard deviation of the log) of a run's median ratio of its busiest
-  module across the runs, a whole run's speed (clocks, the other tenants of the host).
+- ``drift_sd``: the spread (standard deviation of the log) of a run's speed across the runs (its
+  median ratio over the pooled one of each batch's module and size): clocks, the host's tenants.
+A model can also come from a table alone (``from_spread``): the profiler keeps the quantiles of
+each point's timed calls in the sidecar (``spread_s``), which give the ratios; no host time or
+drift then (the profiler times calls back to back, with no decisions between them).
 A simulated batch then takes ``table x drift x ratio + host``, the ratio and host drawn from
 their quantiles and the drift once per run, all from ``random.Random(seed)``: a seed gives the
 same records every time. The policy still decides on the table alone. Without a model the
@@ -25,22 +28,14 @@ import random
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-QUANTILES = [i / 20 for i in range(21)]  # 0, 5, ..., 100 %
+from neustream.latency import QUANTILES, quantiles
+
+if TYPE_CHECKING:
+    from neustream.latency import LatencyTable
+
 MIN_SAMPLES = 20  # batches of one size before that size gets its own ratios
-
-
-def quantiles(xs: list[float]) -> list[float]:
-    """The QUANTILES of ``xs`` (linear between order statistics)."""
-    xs = sorted(xs)
-    n = len(xs)
-    out = []
-    for q in QUANTILES:
-        pos = q * (n - 1)
-        i = int(pos)
-        j = min(i + 1, n - 1)
-        out.append(xs[i] + (xs[j] - xs[i]) * (pos - i))
-    return out
 
 
 def draw(qs: list[float], rng: random.Random) -> float:
@@ -133,3 +128,16 @@ def fit(runs: list[list[dict]], meta: dict | None = None) -> DeviceModel:
               for m, by in ratio.items()}
     return DeviceModel(ratios, {m: quantiles(v) for m, v in host.items()}, drift,
                        dict(meta or {}, n_runs=len(runs), n_batches=sum(map(len, runs))))
+
+
+def from_spread(spread_s: dict[str, dict[str, list[float]]], table: LatencyTable,
+                meta: dict | None = None) -> DeviceModel:
+    """A device model from a table's sidecar ``spread_s`` (module -> batch size -> quantiles of
+    its timed calls, seconds): each point's ratios over the table's time; ``all``, per quantile,
+    the median over the sizes."""
+    ratios: dict[str, dict[str, list[float]]] = {}
+    for module, by_size in spread_s.items():
+        by = {b: [q / table.latency(module, int(b)) for q in qs] for b, qs in by_size.items()}
+        by["all"] = [statistics.median(col) for col in zip(*by.values())]
+        ratios[module] = by
+    return DeviceModel(ratios, {}, 0.0, dict(meta or {}, source="profiler spread"))
