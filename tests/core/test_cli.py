@@ -13,7 +13,7 @@ from neustream.traces import make_trace, read_trace
 from tests.support import read_jsonl, write_latency_csv, write_text
 
 VERBS = ("trace", "simulate", "serve", "fidelity", "weights", "profile", "exec-times",
-         "aggregate", "plot", "plot-batches")
+         "aggregate", "plot", "plot-batches", "model-dir", "server-overhead", "bench-serve")
 
 
 def simulate_args(latency_csv, out_dir, **over):
