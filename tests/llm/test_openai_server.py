@@ -10,8 +10,10 @@ N requests with tight SLOs; every request must be accounted for, by index, in th
 and in the server's request log alike: served (ok or late), or dropped (HTTP 503 to the
 client). Then one bad option (400 naming the field), one prompt id past the vocabulary (400),
 one request served after them, forced drops (503, streaming or not) and one client disconnect
-(logged ``aborted``). Servers are stopped by their process group. About 2-3 minutes on 2 cores,
-most of it the three server starts. Nothing here times anything against a bound.
+(logged ``aborted``). A fourth server, started without a tokenizer or the frontend check, shows
+the scheduler's own checks: a prompt id past the vocabulary and a bad option each fail just their
+request. Servers are stopped by their process group. About 3 minutes on 2 idle cores, most of it
+the four server starts. Nothing here times anything against a bound.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -55,7 +58,8 @@ def free_port() -> int:
 class Server:
     """One OpenAI server process in its own process group."""
 
-    def __init__(self, work: Path, system: str, model_dir: Path, table: Path) -> None:
+    def __init__(self, work: Path, system: str, model_dir: Path, table: Path, *,
+                 options_check: bool = True, extra: tuple[str, ...] = ()) -> None:
         from neustream.backends.vllm.scheduler import scheduler_path
 
         self.system = system
@@ -74,8 +78,8 @@ class Server:
                "--scheduler-cls", scheduler_path(system),
                "--additional-config", json.dumps(config),
                "--middleware", "neustream.backends.vllm.frontend.DropSignal",
-               "--host", "127.0.0.1", "--port", str(self.port)]
-        if system != "vllm":
+               "--host", "127.0.0.1", "--port", str(self.port), *extra]
+        if options_check:
             cmd += ["--logits-processors", "neustream.backends.vllm.frontend:RequestOptionsCheck"]
         env = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": "1",
                "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
@@ -152,7 +156,9 @@ def served(request, model, tmp_path_factory):
     """A server of one class after the benchmark burst: (server, the client's JSON)."""
     model_dir, table = model
     work = tmp_path_factory.mktemp(request.param)
-    server = Server(work, request.param, model_dir, table)
+    # vLLM's own scheduler without the frontend check: the scheduler's own check refuses
+    server = Server(work, request.param, model_dir, table,
+                    options_check=request.param != "vllm")
     try:
         server.wait_up()
         bench = subprocess.run(
@@ -248,7 +254,7 @@ def test_a_client_disconnect_is_logged_as_aborted(served):
     server, _ = served
     before = len(server.rows())
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
-    body = {"model": "opt-tiny", "prompt": "t5 t6", "max_tokens": 1500, "ignore_eos": True,
+    body = {"model": "opt-tiny", "prompt": "t5 t6", "max_tokens": 2000, "ignore_eos": True,
             "stream": True, "vllm_xargs": {"pslo": 50, "dslo": 50}}
     conn.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
     resp = conn.getresponse()
@@ -257,14 +263,19 @@ def test_a_client_disconnect_is_logged_as_aborted(served):
     while line and not line.startswith(b"data: {"):  # its first token came: it runs
         line = resp.fp.readline()
     assert line, "the stream ended before its first token"
-    conn.sock.shutdown(socket.SHUT_RDWR)
+    # gone as a killed client is: the socket closed with its data unread, a reset at once (a
+    # half-close alone waits behind the server's unsent bytes when the server lags)
+    conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    resp.close()
     conn.close()
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and len(server.rows()) == before:
         time.sleep(0.2)
     (row,) = server.rows()[before:]
-    assert row["status"] == "aborted" and row["finish_s"] is None
-    assert 1 <= row["tokens_generated"] < 1500 and row["ended_s"] >= row["token_s"][-1]
+    facts = {k: row.get(k) for k in ("status", "tokens_generated", "arrival_s", "received_s",
+                                     "ended_s", "finish_s")}
+    assert row["status"] == "aborted" and row["finish_s"] is None, facts
+    assert 1 <= row["tokens_generated"] < 2000 and row["ended_s"] >= row["token_s"][-1], facts
 
 
 def test_server_overhead_is_read_from_the_log(served, model):
@@ -280,3 +291,29 @@ def test_server_overhead_is_read_from_the_log(served, model):
     found = json.loads(p.stdout)
     assert found["requests"] >= 3 and found["steps"] >= 3 * 8
     assert found["request_overhead_s"] >= 0 and found["step_overhead_s"] >= 0
+
+
+def test_without_a_tokenizer_or_the_frontend_check_a_bad_request_fails_alone(model, tmp_path):
+    """The issue's two crashes, on a server started as the README used to (no tokenizer, no
+    --logits-processors): the scheduler's own checks end just those requests."""
+    model_dir, table = model
+    server = Server(tmp_path, "neustream-llm", model_dir, table, options_check=False,
+                    extra=("--skip-tokenizer-init",))
+    try:
+        server.wait_up()
+        status, reply = server.post({"prompt": [5, 6, 4096], "max_tokens": 4})
+        assert status == 400, reply
+        assert reply["error"]["message"] == "prompt token id 4096 is out of vocabulary (0-4095)"
+        status, reply = server.post({"prompt": [5, 6, 7], "max_tokens": 4,
+                                     "vllm_xargs": {"dslo": -1}})
+        assert status == 400, reply
+        assert reply["error"]["message"] == "vllm_xargs.dslo must be a number > 1, got -1"
+        status, reply = server.post({"prompt": [5, 6, 7], "max_tokens": 4,
+                                     "vllm_xargs": {"pslo": 50, "dslo": 50}})
+        assert status == 200 and reply["usage"]["completion_tokens"] == 4, reply
+        rows = server.rows()
+        assert [r["status"] for r in rows] == ["failed", "failed", "ok"]
+        assert rows[0]["error"].startswith("prompt token id 4096")
+        assert rows[0]["tokens_generated"] == 0
+    finally:
+        server.stop()

@@ -102,6 +102,7 @@ class TimedScheduler(Scheduler):
         self.ns_request_overhead_s = _seconds(overheads, "request_overhead_s")
         self.ns_step_overhead_s = _seconds(overheads, "step_overhead_s")
         self.ns_log = Path(cfg["log"]) if cfg.get("log") else None
+        self.ns_vocab = self.vllm_config.model_config.get_vocab_size()
         self.views: dict[str, LlmRequest] = {}
         self._received: dict[str, float] = {}  # request id -> when add_request saw it (epoch s)
         self._ends: list[tuple[str, int, str]] = []  # (id, client, stop_reason): ABORT outputs due
@@ -118,9 +119,10 @@ class TimedScheduler(Scheduler):
 
     def add_request(self, request) -> None:
         """vLLM's add_request, plus the policy's view of the request and its deadlines. Never
-        raises on a request's own values: a bad option (options.request_options) ends just that
-        request (FAILED, logged with the error; the OpenAI server refuses such requests before
-        they get here, frontend.RequestOptionsCheck)."""
+        raises on a request's own values: a bad option (options.request_options) or a prompt
+        id outside the vocabulary ends just that request (FAILED, logged with the error; the
+        OpenAI server refuses both before they get here, with frontend.RequestOptionsCheck and
+        a tokenizer)."""
         received = time.time()
         super().add_request(request)
         rid = request.request_id
@@ -130,6 +132,12 @@ class TimedScheduler(Scheduler):
             opts = request_options(sp.extra_args if sp else None, self.ns_pslo, self.ns_dslo)
         except ValueError as e:
             opts, error = RequestOptions(self.ns_pslo, self.ns_dslo), str(e)
+        ids = request.prompt_token_ids
+        if error is None and ids and not 0 <= min(ids) <= max(ids) < self.ns_vocab:
+            # vLLM checks ids only with a tokenizer; without one (--skip-tokenizer-init) an id
+            # past the embedding table would end the engine
+            bad = max(ids) if max(ids) >= self.ns_vocab else min(ids)
+            error = f"prompt token id {bad} is out of vocabulary (0-{self.ns_vocab - 1})"
         view = LlmRequest(id=rid, arrival_s=request.arrival_time,
                           prompt_tokens=request.num_prompt_tokens,
                           output_tokens=request.max_tokens, pslo=opts.pslo, dslo=opts.dslo)
