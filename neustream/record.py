@@ -180,7 +180,8 @@ def summarize(requests: list[dict], settings: dict) -> dict:
     counts = {s: sum(1 for r in requests if r["status"] == s) for s in ("ok", "late", "dropped")}
     if sum(counts.values()) != n:
         bad = {r["status"] for r in requests} - set(counts)
-        raise ValueError(f"request rows with unknown status {sorted(bad)}")
+        raise ValueError(f"request rows with status {sorted(bad)}: a run's requests end ok, late "
+                         f"or dropped (aborted and failed are an online server's log only)")
     span_s = max(r["arrival_s"] for r in requests) if requests else 0.0
     return {
         **settings,

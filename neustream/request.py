@@ -15,6 +15,9 @@ class Status(IntEnum):
     OK = 2  # finished by its deadline
     LATE = 3  # finished after its deadline
     DROPPED = 4  # given up by the policy
+    # Online serving only (the scheduler plug-in's request log; never in a run's record):
+    ABORTED = 5  # ended from outside the policy: the client disconnected or aborted it
+    FAILED = 6  # ended by an error before it finished (a bad option, an engine error)
 
     @property
     def terminal(self) -> bool:
@@ -91,7 +94,8 @@ class LlmRequest:
     ``(j-1) step0_s + step_inc_s (j-1) j / 2`` for later tokens (the SLO terms of the latency
     model, LlmLatencyModel.slo_terms). A token counts as on time only against its own deadline,
     the first one included. Status: OK when every token was on time, LATE when all came but some
-    late, DROPPED when given up (tokens delivered before that still count when on time).
+    late, DROPPED when given up (tokens delivered before that still count when on time); online,
+    ABORTED when the client went away first and FAILED when an error ended it (``error``).
     """
 
     id: int | str
@@ -110,6 +114,8 @@ class LlmRequest:
     token_s: list = field(default_factory=list)  # when each output token came out
     finish_s: float | None = None
     dropped_s: float | None = None
+    ended_s: float | None = None  # ABORTED or FAILED: when
+    error: str | None = None  # FAILED: why
 
     def deadline_of(self, j: int) -> float:
         """When output token ``j`` (1-based) is due."""
@@ -141,12 +147,20 @@ class LlmRequest:
         self.status = Status.DROPPED
         self.dropped_s = now_s
 
+    def end(self, now_s: float, status: Status, error: str | None = None) -> None:
+        """Ended before it finished, not by the policy: ABORTED or FAILED."""
+        if status not in (Status.ABORTED, Status.FAILED):
+            raise ValueError(f"end() is for aborted or failed requests, not {status.name}")
+        self.status = status
+        self.ended_s = now_s
+        self.error = error
+
     def row(self, token_times: bool = True) -> dict:
         """This request's line of requests.jsonl."""
         first = self.token_s[0] if self.token_s else None
         row = {
             "id": self.id, "arrival_s": self.arrival_s, "deadline_s": self.deadline_s,
-            "finish_s": self.finish_s if self.status is not Status.DROPPED else None,
+            "finish_s": self.finish_s if self.status in (Status.OK, Status.LATE) else None,
             "status": self.status.name.lower(),
             "prompt_tokens": self.prompt_tokens, "output_tokens": self.output_tokens,
             "tokens_generated": self.num_generated, "tokens_on_time": self.tokens_on_time(),
@@ -157,6 +171,10 @@ class LlmRequest:
         if self.status is Status.DROPPED:
             row["dropped_at"] = "waiting"
             row["dropped_s"] = self.dropped_s
+        if self.ended_s is not None:
+            row["ended_s"] = self.ended_s
+        if self.error is not None:
+            row["error"] = self.error
         if token_times:
             row["token_s"] = self.token_s
         return row

