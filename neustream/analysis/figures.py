@@ -21,7 +21,8 @@ LABELS = {"rate": "request rate (req/s)", "cv": "burstiness (CV of gaps)", "slo"
 STYLE = {  # system -> (colour, marker)
     "neustream": ("tab:red", "o"), "neustream-slack": ("tab:purple", "D"),
     "clockwork": ("tab:blue", "s"), "neustream-llm": ("tab:red", "o"),
-    "vllm-054": ("tab:green", "^"), "vllm": ("tab:blue", "s"),
+    "neustream-mixed": ("tab:orange", "D"), "vllm-054": ("tab:green", "^"),
+    "vllm": ("tab:blue", "s"),
 }
 
 
