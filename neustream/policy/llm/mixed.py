@@ -22,24 +22,30 @@ policy mixes, and uses the deadlines to choose the step. Before every step:
 - the step, one of: (a) every decode with every admitted prompt (the token budget cuts the
   last), as V1 would; (b) every decode with the *SLO-sized chunk*: the most prefill tokens,
   whole prompts in order and the last one possibly cut, whose predicted mixed step
-  (``LlmLatencyModel.mixed_s``) keeps every decode that can still make its next token on time
-  (empty: a decode-only step); (c) a prefill-only step of the first k admitted prompts, decodes
-  held back one step, when each decode still makes its next token after it and a decode step
-  (the fastest first token, NeuStream's kind of step). Of these the policy runs the one with the
-  least predicted lateness summed over every request's next token (ties: the most prefill):
-  a decode is late by the step's end past its next deadline, counted up to the slack one decode
-  step gains back (a decode already behind loses that much whichever step runs: the prefill
-  has to run some time); a prompt the step finishes by the step's end past its first-token
-  deadline; a prompt left waiting (or cut) by its finish when the queue ahead of it runs in one
-  more step, plus ``DROP_COST_S`` when it would be dropped before the next step.
+  (``LlmLatencyModel.mixed_s``) keeps every decode that can still make its next token on time;
+  empty, a decode-only step, only when (a) would leave some decode unable to catch up before it
+  finishes; (c) a prefill-only step of the first k admitted prompts, decodes held back one step,
+  when each decode still makes its next token after it and a decode step (the fastest first
+  token, NeuStream's kind of step). The policy runs the one that loses the fewest predicted
+  tokens (ties: the most prefill). A request whose next token comes ``late`` seconds late
+  catches up by ``gain`` a step (its allowance less the decode step), losing about
+  late / gain tokens, or all it has left (``output_tokens`` - generated) when it cannot catch up
+  before it finishes (``tokens_lost``). A decode counts at most one token while it can catch up
+  (what putting the prefill off one step would save it: the prefill has to run while it runs),
+  and, when it is behind already, only what the step adds to a decode-only step; a prompt the
+  step finishes counts its first token's lateness; a prompt left waiting (or cut) its finish
+  when the queue ahead of it runs in one more step, or all its tokens when it would be dropped
+  before the next step.
 
 Why not always the SLO-sized chunk (Sarathi-Serve's stall-free batching with each request's own
 deadline): measured on the H100/H200 OPT tables it loses tokens at load. A running request
 often has no slack left (it has just caught up, or its first token came late), so the chunk
 shrinks to nothing; the waiting prompts' first tokens slip by whole steps, and a request whose
-first token is late by d loses about d / (allowance - step) of its next tokens while catching
-up, more than the decodes lose when the prefill runs at once. The lateness sum picks (b) when
-the decodes' slack is worth more (few prompts waiting, many decodes at their deadline).
+first token is late by d loses about d / gain of its next tokens while catching up, more than
+the decodes lose when the prefill runs at once (a prompt of 150 tokens adds about 5 ms to a
+17 ms OPT-13B step). Where prefill is long against the outputs (a step of the whole prompt
+would make decodes late past what they can make up before they finish), (b) and decode-only
+steps win, and the count picks them.
 
 Predicted steps are the latency model's times a host correction: the median of measured /
 predicted over the last 8 steps of any kind (exactly 1 in the simulator, whose steps are the
@@ -51,7 +57,8 @@ from __future__ import annotations
 import math
 import statistics
 from collections import deque
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from neustream.policy.llm.base import LlmDecision, Phase, remaining_prompt
 from neustream.policy.llm.neustream import NeuStreamLlmPolicy
@@ -62,8 +69,6 @@ if TYPE_CHECKING:
 
 # Prefill load (rho) is measured over this many isolated decode steps of time.
 WINDOW_STEPS = 100
-# Lateness (seconds) charged for leaving a prompt to be dropped: more than any step's lateness.
-DROP_COST_S = 1.0
 
 Chunks = list[tuple["LlmRequest", int]]
 
@@ -81,6 +86,7 @@ def chunk_terms(r: LlmRequest, n: int) -> tuple[int, int]:
 
 class MixedPolicy(NeuStreamLlmPolicy):
     name = "neustream-mixed"
+    spare = True
 
     def __init__(self, model: LlmLatencyModel, *, max_num_seqs: int = 256,
                  max_num_batched_tokens: int = 8192, pred_steps: int = 30) -> None:
@@ -177,7 +183,8 @@ class MixedPolicy(NeuStreamLlmPolicy):
                    now_s: float) -> Chunks:
         """The prefix of ``full`` (its first ``n_started`` prompts part-computed, the rest
         waiting) whose waiting prompts keep the decode-only step, once they decode too, within
-        ``1 - rho`` of every running request's per-token allowance."""
+        ``1 - rho`` of every running request's per-token allowance; never empty when ``full``
+        is not, so that an engine with a queue always runs something."""
         def allowance(r: LlmRequest) -> float:
             g = max(r.num_generated, 1)
             return r.deadline_of(g + 1) - r.deadline_of(g)
@@ -192,7 +199,8 @@ class MixedPolicy(NeuStreamLlmPolicy):
                 a = min(a, allowance(r))
                 b += 1
                 ctx += r.num_tokens + 1
-                if self.correction * self.model.decode_s(b, ctx) > (1 - rho) * a:
+                idle = not out and not decoding  # an idle engine always takes its first
+                if not idle and self.correction * self.model.decode_s(b, ctx) > (1 - rho) * a:
                     break
             out.append((r, n))
         return out
@@ -218,21 +226,36 @@ class MixedPolicy(NeuStreamLlmPolicy):
 
     def choose(self, full: Chunks, decoding: Sequence[LlmRequest], now_s: float, b: int,
                ctx: int, floor: float) -> tuple[Chunks, bool]:
-        """The step of least predicted lateness among (a), (b), (c) of the module docstring:
-        its prefill chunks and whether the decodes are held back."""
+        """The step that loses the fewest predicted tokens among (a), (b), (c) of the module
+        docstring: its prefill chunks and whether the decodes are held back."""
         if not full:
             return [], False
         slack = [r.deadline_of(r.num_generated + 1) - now_s for r in decoding]
-        # what one decode step gives back to each decode: its allowance less the step
-        gain = [max(r.deadline_of(r.num_generated + 2) - r.deadline_of(r.num_generated + 1)
-                    - floor, 0.0) for r in decoding]
+        gain = [self.gain(r, floor) for r in decoding]
+        left = [max(r.output_tokens - r.num_generated, 1) for r in decoding]
+
+        def decode_cost(end: float) -> tuple[float, bool]:
+            """Tokens the decodes lose to a step ending at ``end``, and whether one of them
+            could never catch up before it finishes."""
+            cost, lost = 0.0, False
+            for s, g, m in zip(slack, gain, left):
+                if s >= floor:  # on time if the step only decoded
+                    c = tokens_lost(end - s, g, m, one_step=True)
+                    lost |= c >= m and end > s
+                elif g > 0:  # behind: only what the prefill adds to its catching up
+                    c = tokens_lost(end - floor, g, m, one_step=True)
+                else:
+                    c = 0.0  # behind and never catching up, whatever runs
+                cost += c
+            return cost, lost
+
         options: list[tuple[Chunks, bool]] = [(full, False)]
         if decoding:
             on_time = [s for s in slack if s >= floor]
             cap = min(on_time, default=math.inf)
             fit = self.slo_chunk(full, b, ctx, cap) if cap < math.inf else []
-            if fit:
-                options.append((fit, False))
+            if fit or decode_cost(self.step_s(full, b, ctx))[1]:
+                options.append((fit, False))  # empty: a decode-only step spares the decodes
             least = min(slack)
             for k in range(1, len(full) + 1):
                 if self.step_s(full[:k], 0, 0) + floor > least:
@@ -240,27 +263,47 @@ class MixedPolicy(NeuStreamLlmPolicy):
                 options.append((full[:k], True))
         due = [r.deadline_of(r.num_generated + 1) - now_s for r, _ in full]
         step = self.decode_step_s(decoding)
-        margin = [d + self.credit(r, step) - self.correction * self.model.prefill_alone_s(remaining_prompt(r))
-                  for d, (r, _) in zip(due, full)]
+        margin = [d + self.credit(r, step) - self.correction
+                  * self.model.prefill_alone_s(remaining_prompt(r)) for d, (r, _) in zip(due, full)]
+        owner_gain = [self.gain(r, floor) for r, _ in full]
+        owner_left = [max(r.output_tokens - r.num_generated, 1) for r, _ in full]
         best, best_key = options[0], None
         for chunks, hold in options:
             t = self.step_s(chunks, 0, 0) if hold else self.step_s(chunks, b, ctx)
-            end = t + floor if hold else t  # when the decodes' next tokens come
-            cost = sum(min(end - s, g) for s, g in zip(slack, gain) if end > s)
+            cost = decode_cost(t + floor if hold else t)[0]
             tokens = sq = 0  # what is left of the queue after this step, in order
             for j, (r, n) in enumerate(full):
                 done = chunks[j][1] if j < len(chunks) else 0
                 if done == n:
-                    cost += max(t - due[j], 0.0)
+                    cost += tokens_lost(t - due[j], owner_gain[j], owner_left[j])
                     continue
                 cached = r.num_computed + done
                 tokens += n - done
                 sq += (r.num_computed + n) ** 2 - cached * cached
+                if done == 0 and margin[j] < t:  # left waiting, it would be dropped
+                    cost += owner_left[j]
+                    continue
                 finish = t + self.correction * self.model.mixed_s(tokens, sq, b, ctx)
-                cost += max(finish - due[j], 0.0)
-                if done == 0 and margin[j] < t:
-                    cost += DROP_COST_S
+                cost += tokens_lost(finish - due[j], owner_gain[j], owner_left[j])
             key = (cost, -sum(n for _, n in chunks))
             if best_key is None or key < best_key:
                 best, best_key = (chunks, hold), key
         return best
+
+    def gain(self, r: LlmRequest, floor: float) -> float:
+        """What a decode step of ``floor`` seconds gives back to r: its next token's allowance
+        less the step (0 when the step takes all of it)."""
+        g = r.num_generated
+        return max(r.deadline_of(g + 2) - r.deadline_of(g + 1) - floor, 0.0)
+
+
+def tokens_lost(late: float, gain: float, left: int, one_step: bool = False) -> float:
+    """Tokens a request with ``left`` tokens to go loses when its next token is ``late``
+    seconds late: about late / gain while it catches up at ``gain`` per step, all of them when
+    it cannot catch up before it finishes. ``one_step``: when it can, count at most one token,
+    what putting the prefill off one step would save it (it runs while the request runs)."""
+    if late <= 0:
+        return 0.0
+    if gain <= 0 or late > gain * left:
+        return float(left)
+    return min(late / gain, 1.0) if one_step else 1.0 + late / gain
