@@ -86,7 +86,6 @@ def chunk_terms(r: LlmRequest, n: int) -> tuple[int, int]:
 
 class MixedPolicy(NeuStreamLlmPolicy):
     name = "neustream-mixed"
-    spare = True
 
     def __init__(self, model: LlmLatencyModel, *, max_num_seqs: int = 256,
                  max_num_batched_tokens: int = 8192, pred_steps: int = 30) -> None:
@@ -183,8 +182,9 @@ class MixedPolicy(NeuStreamLlmPolicy):
                    now_s: float) -> Chunks:
         """The prefix of ``full`` (its first ``n_started`` prompts part-computed, the rest
         waiting) whose waiting prompts keep the decode-only step, once they decode too, within
-        ``1 - rho`` of every running request's per-token allowance; never empty when ``full``
-        is not, so that an engine with a queue always runs something."""
+        ``1 - rho`` of every running request's per-token allowance. With nothing decoding the
+        first prompt is always taken: an idle engine with a queue must run something (the
+        simulator would stall, and rho only falls as steps run)."""
         def allowance(r: LlmRequest) -> float:
             g = max(r.num_generated, 1)
             return r.deadline_of(g + 1) - r.deadline_of(g)
