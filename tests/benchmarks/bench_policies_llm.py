@@ -111,17 +111,17 @@ def main() -> None:
                     s = {sys: agent_point(program, spec["device"], placement, sys, rate, cv, slo,
                                           n, Path(tmp)) for sys in SYSTEMS}
                     stages = sorted(k for k in s[NEW] if k.startswith("tps_"))
+                    where = f"{sweep} rate={rate:g} cv={cv:g} slo={slo:g}"
                     at = {k: v["attainment"] for k, v in s.items()}
                     print(f"\n{label} ({placement}) {sweep} rate={rate:g} cv={cv:g} slo={slo:g}: "
                           f"attainment " + ", ".join(f"{k} {at[k]:.3f}" for k in SYSTEMS))
                     for st in stages:
                         gp = {k: v[st] for k, v in s.items()}
-                        r, da, tail = ratio_line(gp, at)
-                        ratios.append((r, f"{label} {st} {sweep} rate={rate:g} cv={cv:g} slo={slo:g}"))
+                        r, _, _ = ratio_line(gp, at)
+                        ratios.append((r, f"{label} {st} {where}"))
                         print(f"  {st:18} " + " ".join(f"{k} {gp[k]:8.1f}" for k in SYSTEMS)
                               + f"  new/max {r:6.3f}", flush=True)
-                    att.append((at[NEW] - at["neustream-llm"], f"{label} {sweep} rate={rate:g} "
-                                f"cv={cv:g} slo={slo:g}"))
+                    att.append((at[NEW] - at["neustream-llm"], f"{label} {where}"))
 
     wins = sum(r >= 1 for r, _ in ratios)
     near = sum(0.99 <= r < 1 for r, _ in ratios)
