@@ -22,7 +22,8 @@ STYLE = {  # system -> (colour, marker)
     "neustream": ("tab:red", "o"), "neustream-slack": ("tab:purple", "D"),
     "neustream-keep": ("tab:orange", "v"),
     "clockwork": ("tab:blue", "s"), "neustream-llm": ("tab:red", "o"),
-    "vllm-054": ("tab:green", "^"), "vllm": ("tab:blue", "s"),
+    "neustream-mixed": ("tab:orange", "D"), "vllm-054": ("tab:green", "^"),
+    "vllm": ("tab:blue", "s"),
 }
 
 

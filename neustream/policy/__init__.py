@@ -12,6 +12,7 @@ from neustream.policy.base import WHOLE_REQUESTS, Decision, Policy
 from neustream.policy.clockwork import ClockworkPolicy
 from neustream.policy.keep import KeepPolicy
 from neustream.policy.llm.base import LlmDecision, LlmPolicy, Phase
+from neustream.policy.llm.mixed import MixedPolicy
 from neustream.policy.llm.neustream import NeuStreamLlmPolicy
 from neustream.policy.llm.vllm054 import Vllm054Policy
 from neustream.policy.llm.vllm_v1 import VllmV1Policy
@@ -20,7 +21,7 @@ from neustream.policy.neustream import NeuStreamPolicy, SlackPolicy
 # family -> system name -> policy class
 POLICIES: dict[str, dict[str, type]] = {
     "diffusion": {p.name: p for p in (NeuStreamPolicy, SlackPolicy, KeepPolicy, ClockworkPolicy)},
-    "llm": {p.name: p for p in (NeuStreamLlmPolicy, Vllm054Policy, VllmV1Policy)},
+    "llm": {p.name: p for p in (NeuStreamLlmPolicy, MixedPolicy, Vllm054Policy, VllmV1Policy)},
 }
 POLICIES["agent"] = POLICIES["llm"]
 
@@ -40,9 +41,10 @@ def make_policy(system: str, program, table, slo: float, step_delta: float = 0.9
 
 def make_llm_policy(system: str, model, *, max_num_seqs: int = 256,
                     max_num_batched_tokens: int = 8192, **options) -> LlmPolicy:
-    """Build the LLM policy named ``system`` (options: NeuStream's ``pred_steps``)."""
+    """Build the LLM policy named ``system`` (options: NeuStream's ``pred_steps``, which the
+    mixed policy shares)."""
     cls = policy_class("llm", system)
-    if cls is not NeuStreamLlmPolicy:
+    if not issubclass(cls, NeuStreamLlmPolicy):
         options.pop("pred_steps", None)
     return cls(model, max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
                **options)

