@@ -135,8 +135,9 @@ def test_a_device_model_from_the_profilers_spread(tmp_path, capsys):
     assert m.meta["workload"] == "palette" and not m.host_s and m.drift_sd == 0
     for b in ("1", "2"):
         qs = m.ratios["unet"][b]
-        assert qs[10] == pytest.approx(1.0)  # 5 calls: the median call is the table's entry
-        assert qs[0] <= 1.0 <= qs[-1]
+        # 5 calls: the median call is the table's entry (the CSV keeps it to 1 us)
+        assert qs[10] == pytest.approx(1.0, rel=1e-3)
+        assert qs[0] <= qs[10] <= qs[-1]
     assert cli.main(["calibrate", str(tmp_path), "--table", str(tmp_path / "p.csv"),
                      "--out", str(tmp_path / "m2.json")]) == 2
     assert "give live runs or --table, not both" in capsys.readouterr().err
