@@ -22,8 +22,7 @@ from pathlib import Path
 import torch
 
 from neustream.backends.diffusion.server import DiffusionServer, table_modules
-from neustream.catalog.diffusion import parse_placement
-from neustream.catalog.diffusion import get_program
+from neustream.catalog.diffusion import get_program, parse_placement
 from neustream.latency import LatencyTable, capacity_rps
 from neustream.policy import make_policy
 from neustream.runs.diffusion import serve_to_dir

@@ -7,7 +7,8 @@
 #            tables this call measured, else those of $LATENCY_DIR (resources/latency/$TABLE_DEVICE)
 #   tp       the OPT-66B table at tensor parallelism 2 (two GPUs, profiling/tp.py)
 #   placement  live NeuStream on one GPU, then with $PLACE's modules on a second GPU, same traces
-#            ($PLACE: workload:rates:requests:module=cuda:1,...; tables as for live)
+#            ($PLACE: workload:rates:requests:module=cuda:1,...; tables as for live;
+#            $GPUS: which of the two, default "1 2")
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 T=/tmp/evidence
@@ -50,7 +51,7 @@ for stage in "$@"; do
         IFS=: read -r w rates n placement <<< "$spec"
         placement=${spec#*:*:*:}
         table=$(table_of "$w")
-        for gpus in 1 2; do
+        for gpus in ${GPUS:-1 2}; do
           extra=(); [ "$gpus" = 2 ] && extra=(--placement "$placement")
           timeout "${LIVE_TIMEOUT:-300}" python3 tests/benchmarks/bench_live.py --workload "$w" \
             --latency "$table" --rates "$rates" --requests "$n" --systems neustream \

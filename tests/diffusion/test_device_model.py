@@ -11,8 +11,8 @@ import pytest
 
 from neustream import cli
 from neustream.engine.diffusion.device import DeviceModel, draw, fit
-from neustream.latency import QUANTILES, quantiles
 from neustream.engine.diffusion.sim import simulate
+from neustream.latency import QUANTILES, quantiles
 from neustream.policy import make_policy
 from neustream.traces import make_trace, to_requests
 from tests.support import SD, batching_table

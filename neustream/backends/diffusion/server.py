@@ -107,6 +107,7 @@ class DiffusionServer:
             self.batchers[m.name] = Batcher(module, max_batch[m.name], graphs=graphs, pad=pad)
         self._loop = {m.name: m.loop for m in self.program.modules}
         self._moves = self._plan_moves()
+        self._sides = self._hand_off_streams()
         self.last = self.program.modules[-1].name
         loop = next((m.name for m in self.program.modules if m.loop), self.last)
         self._latents_at = self.placement[loop]
@@ -221,11 +222,38 @@ class DiffusionServer:
         return model_s
 
     def _move(self, slots: list[int], moves: list[tuple[str, str, str]]) -> None:
+        """Copy the rows of ``slots`` between devices; returns once they are in place. On a GPU
+        the copies run on side streams with pinned indices: on the default stream they would
+        queue behind the batch the other GPU is running (a replay runs on its default stream),
+        and this executor would wait for that batch."""
         idx = torch.tensor(slots)
         for pool, src, dst in moves:
             s_pool, d_pool = self.pools[src][pool], self.pools[dst][pool]
-            rows = s_pool.index_select(0, idx.to(s_pool.device))
-            d_pool.index_copy_(0, idx.to(d_pool.device), rows.to(d_pool.device))
+            sides = self._sides.get((src, dst))
+            if not sides:
+                d_pool.index_copy_(0, idx, s_pool.index_select(0, idx))
+                continue
+            with contextlib.ExitStack() as on:
+                for side in sides:
+                    on.enter_context(torch.cuda.stream(side))
+                pinned = idx.pin_memory()
+                rows = s_pool.index_select(0, pinned.to(s_pool.device, non_blocking=True))
+                d_pool.index_copy_(0, pinned.to(d_pool.device, non_blocking=True),
+                                   rows.to(d_pool.device, non_blocking=True))
+                for side in sides:
+                    side.synchronize()
+
+    def _hand_off_streams(self) -> dict[tuple[str, str], list[torch.cuda.Stream]]:
+        """(from, to) -> a side stream on each of its GPUs, one set per direction, so that the
+        two executors of a pair never wait for each other's copies (torch's pool streams do
+        not wait for the default stream)."""
+        out = {}
+        for moves in self._moves.values():
+            for _, src, dst in moves:
+                gpus = dict.fromkeys(n for n in (src, dst) if self.devices[n].type == "cuda")
+                if gpus:
+                    out[(src, dst)] = [torch.cuda.Stream(self.devices[n]) for n in gpus]
+        return out
 
     def run(self, module: str, batch: list[Request], steps_done: list[int]) -> float:
         return self.wait(self.launch(module, batch, steps_done))
