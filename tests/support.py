@@ -15,6 +15,7 @@ from pathlib import Path
 
 from neustream.catalog.diffusion import PROGRAMS
 from neustream.latency import LatencyTable, LlmLatencyModel
+from neustream.queues import FifoQueue
 from neustream.request import LlmRequest, Request, Status
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,6 +52,14 @@ def make_request(id: int, arrival_s: float, deadline_s: float, steps: int,
     r.enter(stage, module, arrival_s if queued_s is None else queued_s)
     r.calls_done = calls_done
     return r
+
+
+def fifo(*requests) -> FifoQueue:
+    """A FIFO queue holding ``requests`` in order."""
+    q = FifoQueue()
+    for r in requests:
+        q.add(r)
+    return q
 
 
 def write_latency_csv(path: Path, rows: dict[str, dict[int, float]], comment: str | None = None) -> Path:

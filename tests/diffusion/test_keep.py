@@ -6,19 +6,11 @@ from neustream.engine.diffusion.sim import simulate
 from neustream.latency import LatencyTable
 from neustream.policy import make_policy
 from neustream.policy.keep import KeepPolicy, efficient_size, headroom
-from neustream.queues import FifoQueue
 from neustream.request import Request
-from tests.support import PALETTE, SD, batching_table, make_request
+from tests.support import PALETTE, SD, batching_table, fifo, make_request
 
 # Palette (one loop module): pairs cost 1.5x, triples 2.5x, fours 3.5x a lone step.
 STEPS = LatencyTable({"unet": {1: 1.0, 2: 1.5, 3: 2.5, 4: 3.5}})
-
-
-def queue(*requests):
-    q = FifoQueue()
-    for r in requests:
-        q.add(r)
-    return q
 
 
 def test_headroom_is_the_loops_share_of_the_work():
@@ -45,7 +37,7 @@ def test_a_started_request_keeps_its_seat():
     c = make_request(2, 0.0, 10.0 + 3 * 10, 10)
     for r in (a, b, c):
         r.arrival_s = 0.0
-    q = queue(a, b, c)
+    q = fifo(a, b, c)
     d = p.decide_module("unet", q, 0.0)
     # A (needs 1x), then B (a pair: 1.5x, within A's room 2); a triple (2.5x) A cannot afford
     assert [r.id for r in d.batch] == [0, 1] and not d.drops
@@ -59,7 +51,7 @@ def test_new_requests_join_in_deadline_order():
     late = make_request(0, 0.0, 40.0, 10)
     soon = make_request(1, 0.0, 30.0, 10)
     mid = make_request(2, 0.0, 35.0, 10)
-    d = p.decide_module("unet", queue(late, soon, mid), 0.0)
+    d = p.decide_module("unet", fifo(late, soon, mid), 0.0)
     assert [r.id for r in d.batch] == [1, 2, 0]  # rooms 3, 3.5, 4 all afford a triple (2.5x)
 
 
@@ -67,12 +59,12 @@ def test_hopeless_requests_are_dropped():
     p = KeepPolicy(PALETTE, STEPS, 3.0)
     gone = make_request(0, 0.0, 5.0, 10)  # 10 s of work left, 5 s to go
     ok = make_request(1, 0.0, 30.0, 10)
-    d = p.decide_module("unet", queue(gone, ok), 0.0)
+    d = p.decide_module("unet", fifo(gone, ok), 0.0)
     assert [r.id for r in d.batch] == [1] and [r.id for _, r in d.drops] == [0]
 
 
 def sd_queues(unet, vae):
-    return {"text_encoder": queue(), "unet": queue(*unet), "vae": queue(*vae)}
+    return {"text_encoder": fifo(), "unet": fifo(*unet), "vae": fifo(*vae)}
 
 
 def test_the_tail_waits_for_a_fuller_batch_while_it_can():

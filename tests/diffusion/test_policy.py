@@ -9,17 +9,10 @@ from neustream.latency import LatencyTable, TableError, pipeline_s, remaining_s
 from neustream.policy import POLICIES, WHOLE_REQUESTS, Decision, make_policy
 from neustream.policy.clockwork import ClockworkPolicy
 from neustream.policy.neustream import NeuStreamPolicy, SlackPolicy, fixed_cap
-from neustream.queues import EdfQueue, FifoQueue
-from tests.support import PALETTE, SD, make_request
+from neustream.queues import EdfQueue
+from tests.support import PALETTE, SD, fifo, make_request
 
 CAP_TABLE = LatencyTable({"unet": {1: 1.0, 2: 1.5, 4: 2.0, 8: 4.0}})
-
-
-def fifo(*requests):
-    q = FifoQueue()
-    for r in requests:
-        q.add(r)
-    return q
 
 
 def edf(*requests):

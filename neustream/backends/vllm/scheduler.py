@@ -327,9 +327,10 @@ class PolicyScheduler(TimedScheduler):
     def _observe(self, phase: Phase, duration_s: float) -> None:
         self.ns_policy.observe(phase, duration_s)
 
-    def _schedule(self, *args: Any, **kwargs: Any):
-        t0 = _clock()
-        def view(req):  # the policy's view of a vLLM request, its token counts brought up to date
+    def _decide(self):
+        """Ask the policy about the queues (its views' token counts brought up to date), note
+        the decision for the step log, and drop what it drops."""
+        def view(req):
             v = self.views[req.request_id]
             v.num_generated = req.num_output_tokens
             v.num_computed = req.num_computed_tokens
@@ -343,6 +344,11 @@ class PolicyScheduler(TimedScheduler):
                           "dropped_ids": [str(r.id) for r in d.drops]}
         if d.drops:
             self._drop(d.drops)
+        return d
+
+    def _schedule(self, *args: Any, **kwargs: Any):
+        t0 = _clock()
+        d = self._decide()
         spent = _clock() - t0
         if d.phase is Phase.PREFILL:
             out = self._prefill_only([self.requests[str(r.id)] for r, _ in d.scheduled], args, kwargs)
@@ -429,21 +435,8 @@ class MixedScheduler(PolicyScheduler):
 
     def _schedule(self, *args: Any, **kwargs: Any):
         t0 = _clock()
-        def view(req):  # the policy's view of a vLLM request, its token counts brought up to date
-            v = self.views[req.request_id]
-            v.num_generated = req.num_output_tokens
-            v.num_computed = req.num_computed_tokens
-            return v
-
-        waiting = [view(req) for req in self.waiting]
-        running = [view(req) for req in self.running]
-        d = self.ns_policy.decide(waiting, running, time.time())
-        self._decision = {"decided": d.phase.name.lower(),
-                          "decided_ids": [str(r.id) for r, _ in d.scheduled],
-                          "decided_tokens": sum(n for _, n in d.scheduled),
-                          "dropped_ids": [str(r.id) for r in d.drops]}
-        if d.drops:
-            self._drop(d.drops)
+        d = self._decide()
+        self._decision["decided_tokens"] = sum(n for _, n in d.scheduled)
         if d.waiting_order is not None and self.waiting:
             self._reorder_waiting(d.waiting_order)
         spent = _clock() - t0
